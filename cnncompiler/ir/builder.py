@@ -1,0 +1,110 @@
+"""GraphBuilder: the one way to create nodes, so every value is typed when it is created."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from cnncompiler.errors import GraphError
+from cnncompiler.ir.graph import Graph, Node, Value, ValueKind
+from cnncompiler.ir.types import Dim, DType, TensorType
+
+
+class GraphBuilder:
+    """Builds a :class:`Graph` node by node, running each op's shape inference as it goes."""
+
+    def __init__(self, name: str = "graph"):
+        self.name = name
+        self._inputs: list[Value] = []
+        self._nodes: list[Node] = []
+        self._data: dict[str, np.ndarray | None] = {}
+        self._taken: set[str] = set()
+        self._counters: dict[str, int] = {}
+
+    # ---------------------------------------------------------------- names
+    def unique(self, base: str) -> str:
+        """``base`` if free, else ``base_1``, ``base_2``, ..."""
+        base = re.sub(r"\s+", "_", base) or "v"
+        name = base
+        while name in self._taken:
+            self._counters[base] = self._counters.get(base, 0) + 1
+            name = f"{base}_{self._counters[base]}"
+        self._taken.add(name)
+        return name
+
+    def _claim(self, name: str) -> str:
+        if name in self._taken:
+            raise GraphError(f"the name {name!r} is already used in graph {self.name!r}")
+        self._taken.add(name)
+        return name
+
+    # --------------------------------------------------------------- leaves
+    def input(self, name: str, shape: Sequence[Dim], dtype: DType | str = DType.float32) -> Value:
+        v = Value(self._claim(name), TensorType(tuple(shape), DType.of(dtype)), ValueKind.INPUT)
+        self._inputs.append(v)
+        return v
+
+    def param(self, name: str, data: np.ndarray | None = None, *,
+              shape: Sequence[int] | None = None, dtype: DType | str = DType.float32,
+              trainable: bool = True) -> Value:
+        """A stored tensor: trainable parameter, or constant with ``trainable=False``.
+
+        Give ``data``, or only ``shape`` for a shape-only graph (weights materialised later).
+        """
+        if data is not None:
+            data = np.ascontiguousarray(data)
+            ttype = TensorType(data.shape, DType.of(data.dtype))
+        elif shape is not None:
+            ttype = TensorType(tuple(shape), DType.of(dtype))
+        else:
+            raise GraphError(f"stored tensor {name!r} needs data or a shape")
+        kind = ValueKind.PARAM if trainable else ValueKind.CONST
+        v = Value(self._claim(name), ttype, kind)
+        self._data[v.name] = data
+        return v
+
+    def const(self, data: Any, name: str = "const", dtype: DType | str | None = None) -> Value:
+        arr = np.asarray(data, dtype=None if dtype is None else DType.of(dtype).numpy)
+        return self.param(self.unique(name) if name in self._taken else name, arr,
+                          trainable=False)
+
+    # ---------------------------------------------------------------- nodes
+    def add_node(self, op: str, inputs: Sequence[Value | None], attrs: dict[str, Any] | None = None,
+                 name: str | None = None, num_outputs: int | None = None) -> list[Value]:
+        """Append ``op(inputs)``; its attributes are validated and its outputs typed now."""
+        from cnncompiler.ops.registry import get_op, infer_node
+
+        opdef = get_op(op)
+        node_name = self.unique(name or op.lower())
+        full = opdef.normalize_attrs(dict(attrs or {}), node_name)
+        types = infer_node(op, [v.type if v is not None else None for v in inputs], full,
+                           node_name, num_outputs)
+        node = Node(op, list(inputs), [], full, node_name)
+        if len(types) == 1:
+            names = [node_name]
+        else:
+            labels = (opdef.outputs if len(opdef.outputs) == len(types)
+                      else [str(i) for i in range(len(types))])
+            names = [self.unique(f"{node_name}.{label}") for label in labels]
+        for out_name, t in zip(names, types):
+            node.outputs.append(Value(out_name, t, ValueKind.INTERMEDIATE, node))
+        self._nodes.append(node)
+        return node.outputs
+
+    def op(self, op: str, *inputs: Value | None, name: str | None = None, **attrs: Any) -> Value:
+        """Append a single-output op and return its output value."""
+        outs = self.add_node(op, list(inputs), attrs, name)
+        if len(outs) != 1:
+            raise GraphError(f"{op} has {len(outs)} outputs; use add_node")
+        return outs[0]
+
+    def build(self, outputs: Value | Iterable[Value], verify: bool = True) -> Graph:
+        outs = [outputs] if isinstance(outputs, Value) else list(outputs)
+        used = {v.name for n in self._nodes for v in n.inputs if v is not None}
+        used |= {v.name for v in outs}
+        data = {k: a for k, a in self._data.items() if k in used}
+        g = Graph(self.name, self._inputs, outs, self._nodes, data)
+        return g.verify() if verify else g

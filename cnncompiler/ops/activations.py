@@ -1,0 +1,69 @@
+"""Elementwise activations: ReLU and friends. Each is out[i] = f(x[i]) (PRelu broadcasts a slope)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from cnncompiler.ops.broadcast import broadcast_infer
+from cnncompiler.ops.opdef import Attr, FusionKind, InferContext, Input, OpDef, elementwise_flops
+from cnncompiler.ops.registry import register
+
+
+def _same_as_input(ctx: InferContext):
+    return ctx.require_float(0)
+
+
+def unary(name: str, doc: str, fn: Callable[..., np.ndarray], flops_per_element: int = 1,
+          attrs: tuple[Attr, ...] = ()) -> OpDef:
+    """Register an elementwise op ``Y = fn(X, **attrs)``."""
+    return register(OpDef(
+        name=name, doc=doc, inputs=(Input("X"),), attrs=attrs, infer=_same_as_input,
+        reference=lambda inputs, a: fn(inputs[0], **a),
+        flops=elementwise_flops(flops_per_element), fusion=FusionKind.ELEMENTWISE,
+    ))
+
+
+def _sigmoid(x):
+    # split by sign so exp never overflows
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype)
+
+
+def _hard_sigmoid(x, alpha, beta):
+    return np.clip(alpha * x + beta, 0.0, 1.0).astype(x.dtype)
+
+
+RELU = unary("Relu", "max(x, 0)", lambda x: np.maximum(x, 0))
+LEAKY_RELU = unary("LeakyRelu", "x if x >= 0 else alpha*x",
+                   lambda x, alpha: np.where(x >= 0, x, alpha * x).astype(x.dtype), 2,
+                   (Attr("alpha", "float", 0.01, "slope for x < 0"),))
+SIGMOID = unary("Sigmoid", "1 / (1 + exp(-x))", _sigmoid, 4)
+TANH = unary("Tanh", "tanh(x)", np.tanh, 4)
+HARD_SIGMOID = unary("HardSigmoid", "clip(alpha*x + beta, 0, 1)", _hard_sigmoid, 3,
+                     (Attr("alpha", "float", 0.2), Attr("beta", "float", 0.5)))
+HARD_SWISH = unary("HardSwish", "x * clip(x/6 + 1/2, 0, 1) (MobileNetV3)",
+                   lambda x: (x * _hard_sigmoid(x, 1.0 / 6.0, 0.5)).astype(x.dtype), 4)
+CLIP = unary("Clip", "clip(x, min, max); ReLU6 is Clip(min=0, max=6)",
+             lambda x, min, max: np.clip(x, -np.inf if min is None else min,
+                                         np.inf if max is None else max).astype(x.dtype), 2,
+             (Attr("min", "float", None, "lower bound (none if absent)"),
+              Attr("max", "float", None, "upper bound (none if absent)")))
+
+
+def _prelu_infer(ctx: InferContext):
+    x = ctx.require_float(0)
+    y = broadcast_infer(ctx)
+    if y.shape != x.shape:
+        raise ctx.fail(f"slope of shape {list(ctx.input(1).shape)} must broadcast to the input "
+                       f"shape {list(x.shape)} without growing it")
+    return y
+
+
+PRELU = register(OpDef(
+    name="PRelu", doc="x if x >= 0 else slope*x, slope learned (per channel: shape [C, 1, 1])",
+    inputs=(Input("X"), Input("slope", weight=True)), attrs=(), infer=_prelu_infer,
+    reference=lambda inputs, a: np.where(inputs[0] >= 0, inputs[0], inputs[0] * inputs[1]),
+    flops=elementwise_flops(2), fusion=FusionKind.ELEMENTWISE,
+))

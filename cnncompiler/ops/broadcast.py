@@ -1,0 +1,47 @@
+"""Binary arithmetic with numpy broadcasting: Add, Sub, Mul, Div."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cnncompiler.ir.types import TensorType
+from cnncompiler.ops.opdef import FusionKind, InferContext, Input, OpDef, elementwise_flops
+from cnncompiler.ops.registry import register
+
+
+def broadcast_shapes(ctx: InferContext, a: tuple, b: tuple) -> tuple:
+    """numpy's rule: align right, each pair equal or one of them 1."""
+    out = []
+    for i in range(1, max(len(a), len(b)) + 1):
+        da = a[-i] if i <= len(a) else 1
+        db = b[-i] if i <= len(b) else 1
+        if da == db or db == 1:
+            out.append(da)
+        elif da == 1:
+            out.append(db)
+        else:
+            raise ctx.fail(f"shapes {list(a)} and {list(b)} do not broadcast "
+                           f"(dimension -{i}: {da} vs {db})")
+    return tuple(reversed(out))
+
+
+def broadcast_infer(ctx: InferContext) -> TensorType:
+    a, b = ctx.input(0), ctx.input(1)
+    dtype = ctx.same_dtype(0, 1)
+    return TensorType(broadcast_shapes(ctx, a.shape, b.shape), dtype)
+
+
+def _binary(name: str, doc: str, fn) -> OpDef:
+    return register(OpDef(
+        name=name, doc=doc, inputs=(Input("A"), Input("B")), attrs=(), infer=broadcast_infer,
+        reference=lambda inputs, attrs: fn(inputs[0], inputs[1]),
+        flops=elementwise_flops(1), fusion=FusionKind.BROADCAST,
+    ))
+
+
+ADD = _binary("Add", "A + B with numpy broadcasting (residual connections, biases)", np.add)
+SUB = _binary("Sub", "A - B with numpy broadcasting", np.subtract)
+MUL = _binary("Mul", "A * B with numpy broadcasting", np.multiply)
+DIV = _binary("Div", "A / B with numpy broadcasting (integer inputs divide toward zero)",
+              lambda a, b: np.divide(a, b) if a.dtype.kind == "f"
+              else (np.trunc(a / b)).astype(a.dtype))

@@ -1,0 +1,107 @@
+"""Convolution: Conv (Conv2d) and ConvTranspose (ConvTranspose2d), NCHW, ONNX semantics.
+
+Conv: X [N, C, H, W], W [K, C/group, F_h, F_w], optional B [K] -> Y [N, K, H2, W2] with
+H2 = (H - F + P_top + P_bottom)/S + 1 (F dilated). (F·F·C/group)·K weights + K biases.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from cnncompiler.ir.types import TensorType
+from cnncompiler.ops.opdef import Attr, FusionKind, InferContext, Input, OpDef
+from cnncompiler.ops.registry import register
+from cnncompiler.ops.windows import check_2d, pad_nchw, spatial_out, window_attrs, window_views
+
+
+def conv_geometry(ctx: InferContext) -> tuple[tuple, tuple, tuple, tuple]:
+    """(kernel, strides, pads, dilations) of a Conv node, kernel read from W if absent."""
+    w = ctx.input(1)
+    kernel = ctx["kernel_shape"] or tuple(w.shape[2:])
+    if tuple(kernel) != tuple(w.shape[2:]):
+        raise ctx.fail(f"kernel_shape {list(kernel)} does not match the weight's spatial "
+                       f"shape {list(w.shape[2:])}")
+    return (check_2d(ctx, "kernel_shape", tuple(kernel)), check_2d(ctx, "strides", ctx["strides"]),
+            check_2d(ctx, "pads", ctx["pads"], 4), check_2d(ctx, "dilations", ctx["dilations"]))
+
+
+def _conv_infer(ctx: InferContext):
+    x = ctx.require_rank(0, 4, "input X [N, C, H, W]")
+    w = ctx.require_rank(1, 4, "weight W [K, C/group, F_h, F_w]")
+    ctx.require_float(0)
+    dtype = ctx.same_dtype(0, 1, 2)
+    group = ctx["group"]
+    n, c, h, wd = x.shape
+    k, cg = w.shape[0], w.shape[1]
+    if isinstance(c, str):
+        raise ctx.fail(f"the channel count must be concrete, got {c!r}")
+    if c % group:
+        raise ctx.fail(f"input channels D1={c} are not divisible by group={group}")
+    if k % group:
+        raise ctx.fail(f"filters K={k} are not divisible by group={group}")
+    if cg * group != c:
+        raise ctx.fail(f"channel mismatch: input has D1={c} channels, the weight expects "
+                       f"{cg} x group {group} = {cg * group}")
+    if ctx.has_input(2):
+        b = ctx.input(2)
+        if b.shape != (k,):
+            raise ctx.fail(f"bias B must have shape [K] = [{k}], got {list(b.shape)}")
+    kernel, strides, pads, dil = conv_geometry(ctx)
+    h2, w2 = spatial_out(ctx, (h, wd), kernel, strides, pads, dil)
+    return x.with_shape((n, k, h2, w2)).with_dtype(dtype)
+
+
+def conv2d_reference(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, strides: tuple,
+                     pads: tuple, dilations: tuple, group: int, out_hw: tuple[int, int]
+                     ) -> np.ndarray:
+    """Grouped, dilated, strided conv as one batched matmul per kernel tap."""
+    n, c = x.shape[:2]
+    k, cg, fh, fw = w.shape
+    kg = k // group
+    oh, ow = out_hw
+    # pad the end enough for every window (floor/ceil rounding may need more or less)
+    need_h = (oh - 1) * strides[0] + (fh - 1) * dilations[0] + 1 - x.shape[2] - pads[0]
+    need_w = (ow - 1) * strides[1] + (fw - 1) * dilations[1] + 1 - x.shape[3] - pads[1]
+    xp = pad_nchw(x, (pads[0], pads[1], max(need_h, 0), max(need_w, 0)))
+    out = np.zeros((n, group, kg, oh * ow), dtype=np.result_type(x, w))
+    wg = w.reshape(group, kg, cg, fh, fw)
+    for (i, j), view in window_views(xp, (fh, fw), strides, dilations, out_hw):
+        patch = view.reshape(n, group, cg, oh * ow)
+        out += np.matmul(wg[:, :, :, i, j], patch)
+    out = out.reshape(n, k, oh, ow)
+    if b is not None:
+        out += b.reshape(1, k, 1, 1)
+    return out
+
+
+def _conv_reference(inputs, attrs):
+    x, w = inputs[0], inputs[1]
+    b = inputs[2] if len(inputs) > 2 else None
+    ctx = InferContext("Conv", "ref", [TensorType.of(x), TensorType.of(w), None if b is None else TensorType.of(b)], attrs)
+    y = _conv_infer(ctx)
+    return conv2d_reference(x, w, b, attrs["strides"], attrs["pads"], attrs["dilations"],
+                            attrs["group"], y.shape[2:])
+
+
+def _conv_flops(ctx: InferContext) -> int:
+    w = ctx.inputs[1]
+    y = ctx.outputs[0]
+    macs = math.prod(y.shape) * math.prod(w.shape[1:])
+    return 2 * macs + (math.prod(y.shape) if ctx.has_input(2) else 0)
+
+
+CONV = register(OpDef(
+    name="Conv",
+    doc="2-D convolution (cross-correlation) with K filters, stride, zero padding, dilation "
+        "and groups (group = C gives depthwise).",
+    inputs=(Input("X"), Input("W", weight=True), Input("B", optional=True, weight=True)),
+    attrs=window_attrs(kernel_required=False, with_dilation=True, rounding_choices=("exact", "floor"))
+    + (Attr("group", "int", 1, "number of channel groups", check=lambda g: None if g >= 1
+            else "must be >= 1"),),
+    infer=_conv_infer,
+    reference=_conv_reference,
+    flops=_conv_flops,
+    fusion=FusionKind.OUTPUT_FUSABLE,
+))

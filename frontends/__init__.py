@@ -1,0 +1,1 @@
+"""Front ends: outside model formats (ONNX) to Graph IR and back."""
