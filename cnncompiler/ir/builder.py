@@ -54,6 +54,15 @@ class GraphBuilder:
 
         Give ``data``, or only ``shape`` for a shape-only graph (weights materialised later).
         """
+        return self._stored(self._claim(name), data, shape, dtype, trainable)
+
+    def const(self, data: Any, name: str = "const", dtype: DType | str | None = None) -> Value:
+        """A constant tensor (not trained); ``name`` is made unique if taken."""
+        arr = np.asarray(data, dtype=None if dtype is None else DType.of(dtype).numpy)
+        return self._stored(self.unique(name), arr, None, arr.dtype, trainable=False)
+
+    def _stored(self, name: str, data: np.ndarray | None, shape: Sequence[int] | None,
+                dtype: DType | str, trainable: bool) -> Value:
         if data is not None:
             data = np.ascontiguousarray(data)
             ttype = TensorType(data.shape, DType.of(data.dtype))
@@ -61,15 +70,9 @@ class GraphBuilder:
             ttype = TensorType(tuple(shape), DType.of(dtype))
         else:
             raise GraphError(f"stored tensor {name!r} needs data or a shape")
-        kind = ValueKind.PARAM if trainable else ValueKind.CONST
-        v = Value(self._claim(name), ttype, kind)
-        self._data[v.name] = data
+        v = Value(name, ttype, ValueKind.PARAM if trainable else ValueKind.CONST)
+        self._data[name] = data
         return v
-
-    def const(self, data: Any, name: str = "const", dtype: DType | str | None = None) -> Value:
-        arr = np.asarray(data, dtype=None if dtype is None else DType.of(dtype).numpy)
-        return self.param(self.unique(name) if name in self._taken else name, arr,
-                          trainable=False)
 
     # ---------------------------------------------------------------- nodes
     def add_node(self, op: str, inputs: Sequence[Value | None], attrs: dict[str, Any] | None = None,

@@ -1,1 +1,134 @@
-"""(being written)"""
+"""Normalisation and pass-through ops: LRN, BatchNormalization, Dropout, Identity (ONNX).
+
+LRN is AlexNet's cross-channel NORM layer. BatchNormalization is the inference form: a
+per-channel affine map, so it fuses like an elementwise op (and folds into a preceding conv).
+Dropout is the identity at inference; Identity is the identity. Both may alias their input.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from cnncompiler.ir.types import TensorType
+from cnncompiler.ops.opdef import Attr, FusionKind, InferContext, Input, OpDef, elementwise_flops
+from cnncompiler.ops.registry import register
+
+
+def _at_least(low: float, strict: bool = False):
+    def check(v: float) -> str | None:
+        ok = v > low if strict else v >= low
+        return None if ok else f"must be {'>' if strict else '>='} {low}"
+    return check
+
+
+# ------------------------------------------------------------------------------------- LRN
+def _lrn_infer(ctx: InferContext) -> TensorType:
+    ctx.require_rank(0, 4, "input X [N, C, H, W]")
+    return ctx.require_float(0)
+
+
+def _lrn_reference(inputs: list, attrs: dict[str, Any]) -> np.ndarray:
+    x = inputs[0]
+    size = attrs["size"]
+    lo, hi = (size - 1) // 2, -(-(size - 1) // 2)  # floor and ceil of (size - 1)/2
+    sq = np.pad(x.astype(np.float64) ** 2, ((0, 0), (lo, hi), (0, 0), (0, 0)))
+    c = x.shape[1]
+    square_sum = sum(sq[:, k:k + c] for k in range(size))
+    scale = (attrs["bias"] + attrs["alpha"] / size * square_sum) ** attrs["beta"]
+    return (x / scale).astype(x.dtype)
+
+
+def _lrn_flops(ctx: InferContext) -> int:
+    return (ctx["size"] + 4) * math.prod(ctx.outputs[0].shape)
+
+
+LRN = register(OpDef(
+    name="LRN",
+    doc="local response normalisation across channels: "
+        "x / (bias + alpha/size * sum of x^2 over `size` neighbouring channels)^beta",
+    inputs=(Input("X"),),
+    attrs=(Attr("size", "int", doc="number of channels summed over", check=_at_least(1)),
+           Attr("alpha", "float", 1e-4, "scale of the square sum"),
+           Attr("beta", "float", 0.75, "exponent"),
+           Attr("bias", "float", 1.0, "added before the power")),
+    infer=_lrn_infer,
+    reference=_lrn_reference,
+    flops=_lrn_flops,
+    fusion=FusionKind.OPAQUE,
+))
+
+
+# ------------------------------------------------------------------------- BatchNormalization
+BN_PARAMS = ("scale", "B", "input_mean", "input_var")
+
+
+def _bn_infer(ctx: InferContext) -> TensorType:
+    x = ctx.input(0)
+    if x.rank < 2:
+        raise ctx.fail(f"input X must have rank >= 2 ([N, C, ...]), got shape {list(x.shape)}")
+    ctx.require_float(0)
+    dtype = ctx.same_dtype(0, 1, 2, 3, 4)
+    c = x.shape[1]
+    for i, name in enumerate(BN_PARAMS, start=1):
+        p = ctx.input(i)
+        if p.shape != (c,):
+            raise ctx.fail(f"{name} must have shape [C] = [{c}] (C = X.shape[1]), "
+                           f"got {list(p.shape)}")
+    return x.with_dtype(dtype)
+
+
+def _bn_reference(inputs: list, attrs: dict[str, Any]) -> np.ndarray:
+    x, scale, b, mean, var = inputs
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    x64, scale, b, mean, var = (np.asarray(a, np.float64) for a in (x, scale, b, mean, var))
+    inv = scale / np.sqrt(var + attrs["epsilon"])
+    y = (x64 - mean.reshape(shape)) * inv.reshape(shape) + b.reshape(shape)
+    return y.astype(x.dtype)
+
+
+BATCH_NORMALIZATION = register(OpDef(
+    name="BatchNormalization",
+    doc="inference batch norm: scale * (x - mean) / sqrt(var + epsilon) + B per channel (axis 1)",
+    inputs=(Input("X"), Input("scale", weight=True), Input("B", weight=True),
+            Input("input_mean"), Input("input_var")),
+    attrs=(Attr("epsilon", "float", 1e-5, "added to the variance", check=_at_least(0.0)),
+           Attr("momentum", "float", 0.9, "running-statistics momentum (training)",
+                check=lambda m: None if 0.0 <= m <= 1.0 else "must be in [0, 1]")),
+    infer=_bn_infer,
+    reference=_bn_reference,
+    flops=elementwise_flops(2),
+    fusion=FusionKind.ELEMENTWISE,
+))
+
+
+# ------------------------------------------------------------------------ Dropout, Identity
+def _float_same(ctx: InferContext) -> TensorType:
+    return ctx.require_float(0)
+
+
+DROPOUT = register(OpDef(
+    name="Dropout",
+    doc="randomly zeroes a fraction `ratio` of activations in training; the identity at "
+        "inference",
+    inputs=(Input("X"),),
+    attrs=(Attr("ratio", "float", 0.5, "fraction dropped in training",
+                check=lambda r: None if 0.0 <= r < 1.0 else "must be in [0, 1)"),),
+    infer=_float_same,
+    reference=lambda inputs, a: inputs[0].copy(),
+    fusion=FusionKind.ELEMENTWISE,
+    view=True,
+))
+
+IDENTITY = register(OpDef(
+    name="Identity",
+    doc="Y = X",
+    inputs=(Input("X"),),
+    attrs=(),
+    infer=lambda ctx: ctx.input(0),
+    reference=lambda inputs, a: inputs[0].copy(),
+    fusion=FusionKind.ELEMENTWISE,
+    view=True,
+))

@@ -1,1 +1,162 @@
-"""(being written)"""
+"""Pooling: MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool (NCHW, ONNX semantics).
+
+Pools share the sliding-window arithmetic of convolution (``windows.py``) but have no weights:
+Y[n, c, oh, ow] reduces the window of X[n, c] that starts at (oh*S_h - P_top, ow*S_w - P_left).
+MaxPool pads with -inf so padded cells never win. AveragePool divides by the number of real
+input cells in the window, or with ``count_include_pad`` by the cells of the explicitly padded
+input (cells that a ceil-mode window reaches beyond the end padding never count).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from cnncompiler.ir.types import TensorType
+from cnncompiler.ops.opdef import Attr, FusionKind, InferContext, Input, OpDef
+from cnncompiler.ops.registry import register
+from cnncompiler.ops.windows import (
+    AXIS_NAMES,
+    check_2d,
+    end_padding_for,
+    pad_nchw,
+    spatial_out,
+    window_attrs,
+    window_views,
+)
+
+Geometry = tuple[tuple, tuple, tuple, tuple]  # kernel, strides, pads, dilations
+
+
+def pool_geometry(ctx: InferContext) -> Geometry:
+    """(kernel, strides, pads, dilations) of a pooling node, checked to be 2-D and sane."""
+    kernel = check_2d(ctx, "kernel_shape", ctx["kernel_shape"])
+    strides = check_2d(ctx, "strides", ctx["strides"])
+    pads = check_2d(ctx, "pads", ctx["pads"], 4)
+    dil = check_2d(ctx, "dilations", ctx.attrs.get("dilations") or (1, 1))
+    for i, axis in enumerate(AXIS_NAMES):
+        extent = (kernel[i] - 1) * dil[i] + 1
+        for side, p in (("begin", pads[i]), ("end", pads[i + 2])):
+            if p >= extent:
+                raise ctx.bad_attr(f"pads {list(pads)}: the {axis} {side} pad {p} must be "
+                                   f"smaller than the window extent F={extent}, else a "
+                                   "window would cover only padding")
+    return kernel, strides, pads, dil
+
+
+def _pool_infer(ctx: InferContext) -> TensorType:
+    x = ctx.require_rank(0, 4, "input X [N, C, H, W]")
+    ctx.require_float(0)
+    kernel, strides, pads, dil = pool_geometry(ctx)
+    n, c, h, w = x.shape
+    return x.with_shape((n, c, *spatial_out(ctx, (h, w), kernel, strides, pads, dil)))
+
+
+def _padded(x: np.ndarray, geometry: Geometry, out_hw: tuple, value: float) -> np.ndarray:
+    """X padded with ``value``: the explicit pads, plus whatever end padding ceil mode needs."""
+    kernel, strides, pads, dil = geometry
+    bottom, right = (end_padding_for(x.shape[2 + i], kernel[i], strides[i], pads[i], pads[i + 2],
+                                     dil[i], out_hw[i]) for i in range(2))
+    return pad_nchw(x, (pads[0], pads[1], bottom, right), value)
+
+
+def _setup(op: str, x: np.ndarray, attrs: dict[str, Any]) -> tuple[Geometry, tuple]:
+    ctx = InferContext(op, "reference", [TensorType.of(x)], attrs)
+    return pool_geometry(ctx), tuple(_pool_infer(ctx).shape[2:])
+
+
+def _max_pool_reference(inputs: list, attrs: dict[str, Any]) -> np.ndarray:
+    x = inputs[0]
+    geometry, out_hw = _setup("MaxPool", x, attrs)
+    kernel, strides, _, dil = geometry
+    xp = _padded(x, geometry, out_hw, -np.inf)
+    out = np.full(x.shape[:2] + out_hw, -np.inf, dtype=x.dtype)
+    for _, view in window_views(xp, kernel, strides, dil, out_hw):
+        np.maximum(out, view, out=out)
+    return out
+
+
+def _average_pool_reference(inputs: list, attrs: dict[str, Any]) -> np.ndarray:
+    x = inputs[0]
+    geometry, out_hw = _setup("AveragePool", x, attrs)
+    kernel, strides, pads, dil = geometry
+    xp = _padded(x.astype(np.float64), geometry, out_hw, 0.0)
+    # the divisor is the same window sum taken over a mask of the cells that count
+    mp = np.zeros((1, 1) + xp.shape[2:])
+    h, w = x.shape[2:]
+    if attrs["count_include_pad"]:
+        mp[:, :, :pads[0] + h + pads[2], :pads[1] + w + pads[3]] = 1.0
+    else:
+        mp[:, :, pads[0]:pads[0] + h, pads[1]:pads[1] + w] = 1.0
+    total = np.zeros(x.shape[:2] + out_hw)
+    count = np.zeros((1, 1) + out_hw)
+    for (_, xv), (_, mv) in zip(window_views(xp, kernel, strides, dil, out_hw),
+                                window_views(mp, kernel, strides, dil, out_hw), strict=True):
+        total += xv
+        count += mv
+    return (total / count).astype(x.dtype)
+
+
+def _global_infer(ctx: InferContext) -> TensorType:
+    x = ctx.require_rank(0, 4, "input X [N, C, H, W]")
+    ctx.require_float(0)
+    return x.with_shape((*x.shape[:2], 1, 1))
+
+
+def _window_flops(extra: int) -> Any:
+    def flops(ctx: InferContext) -> int:
+        kh, kw = ctx["kernel_shape"]
+        return (kh * kw + extra) * math.prod(ctx.outputs[0].shape)
+    return flops
+
+
+def _global_flops(ctx: InferContext) -> int:
+    return math.prod(ctx.inputs[0].shape[2:]) * math.prod(ctx.outputs[0].shape)
+
+
+X_INPUT = (Input("X"),)
+
+MAX_POOL = register(OpDef(
+    name="MaxPool",
+    doc="max over each (dilated) window; padded cells are -inf and never win",
+    inputs=X_INPUT,
+    attrs=window_attrs(kernel_required=True, with_dilation=True),
+    infer=_pool_infer,
+    reference=_max_pool_reference,
+    flops=_window_flops(0),
+    fusion=FusionKind.OUTPUT_FUSABLE,
+))
+
+AVERAGE_POOL = register(OpDef(
+    name="AveragePool",
+    doc="mean over each window; count_include_pad counts the explicit pad cells in the divisor",
+    inputs=X_INPUT,
+    attrs=window_attrs(kernel_required=True, with_dilation=False)
+    + (Attr("count_include_pad", "bool", False,
+            "divide by the window area within the padded input, not only real cells"),),
+    infer=_pool_infer,
+    reference=_average_pool_reference,
+    flops=_window_flops(1),
+    fusion=FusionKind.OUTPUT_FUSABLE,
+))
+
+GLOBAL_AVERAGE_POOL = register(OpDef(
+    name="GlobalAveragePool",
+    doc="mean over all of H and W: [N, C, H, W] -> [N, C, 1, 1]",
+    inputs=X_INPUT, attrs=(), infer=_global_infer,
+    reference=lambda inputs, a: inputs[0].astype(np.float64).mean(axis=(2, 3), keepdims=True)
+    .astype(inputs[0].dtype),
+    flops=_global_flops,
+    fusion=FusionKind.REDUCTION,
+))
+
+GLOBAL_MAX_POOL = register(OpDef(
+    name="GlobalMaxPool",
+    doc="max over all of H and W: [N, C, H, W] -> [N, C, 1, 1]",
+    inputs=X_INPUT, attrs=(), infer=_global_infer,
+    reference=lambda inputs, a: inputs[0].max(axis=(2, 3), keepdims=True),
+    flops=_global_flops,
+    fusion=FusionKind.REDUCTION,
+))

@@ -1,0 +1,128 @@
+"""``cnnc``: the command-line interface (click)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+import numpy as np
+
+from cnncompiler.errors import CnnCompilerError
+
+
+def _load(model: str, with_weights: bool, batch: int | None = None, seed: int = 0):
+    """A Graph from a zoo name (or an ONNX file, once the ONNX front end exists)."""
+    from cnncompiler import zoo
+    from cnncompiler.runtime.api import as_graph
+
+    if model in zoo.names():
+        net = zoo.get(model)
+        shape = net.input_shape if batch is None else (batch, *net.input_shape[1:])
+        return net.to_graph(shape, name=model, with_weights=with_weights, seed=seed)
+    if model.endswith(".onnx"):
+        return as_graph(model)
+    raise click.UsageError(f"unknown model {model!r}: give a built-in name "
+                           f"({', '.join(zoo.names())}) or an .onnx file")
+
+
+class _Group(click.Group):
+    """Turns the project's errors into one clear line and exit status 2 (no traceback)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except CnnCompilerError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="cnncompiler")
+def main() -> None:
+    """cnncompiler: compile convolutional neural networks to native kernels."""
+
+
+@main.command()
+def models() -> None:
+    """List the built-in networks."""
+    from cnncompiler import zoo
+
+    for name in zoo.names():
+        click.echo(f"{name:<14} {zoo.describe(name)}")
+
+
+@main.command()
+def backends() -> None:
+    """List backends and whether they work on this machine."""
+    from cnncompiler.runtime.registry import available
+
+    for status in available().values():
+        click.echo(str(status))
+
+
+@main.command()
+@click.argument("model")
+@click.option("--batch", type=int, default=1, show_default=True, help="batch size for FLOPs")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def summary(model: str, batch: int, as_json: bool) -> None:
+    """Per-layer table: output volume, activations, weights, biases, FLOPs."""
+    from cnncompiler.summary import summarize
+
+    s = summarize(_load(model, with_weights=False), batch=batch)
+    click.echo(json.dumps(s.to_dict(), indent=2) if as_json else str(s))
+
+
+def _parse_inputs(items: tuple[str, ...]) -> dict[str, np.ndarray]:
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r}: use NAME=FILE.npy", param_hint="--input")
+        try:
+            out[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise click.BadParameter(f"cannot read {path!r}: {e}", param_hint="--input") from e
+    return out
+
+
+@main.command()
+@click.argument("model")
+@click.option("--backend", default="reference", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="seed of the random weights and the random input")
+@click.option("--batch", type=int, default=1, show_default=True)
+@click.option("--input", "inputs", multiple=True, metavar="NAME=FILE.npy",
+              help="feed an input from a .npy file instead of random data")
+@click.option("--top", type=int, default=5, show_default=True, help="how many top values")
+def run(model: str, backend: str, seed: int, batch: int, inputs: tuple[str, ...],
+        top: int) -> None:
+    """Compile MODEL and run it on a random (or given) input."""
+    import cnncompiler
+
+    graph = _load(model, with_weights=True, batch=batch, seed=seed)
+    cm = cnncompiler.compile(graph, backend=backend)
+    feeds = _parse_inputs(inputs)
+    rng = np.random.default_rng(seed)
+    for v in graph.inputs:
+        if v.name not in feeds:
+            shape = v.type.concrete(default=batch)
+            feeds[v.name] = rng.standard_normal(shape).astype(v.type.dtype.numpy)
+    start = time.perf_counter()
+    result = cm(**feeds)
+    elapsed = time.perf_counter() - start
+    outs = result if isinstance(result, tuple) else (result,)
+    click.echo(f"model {graph.name} on {backend}: compiled in {cm.compile_seconds:.2f} s, "
+               f"ran in {elapsed * 1e3:.1f} ms")
+    for name, y in zip(cm.output_names, outs):
+        click.echo(f"output {name}: shape {list(y.shape)} dtype {y.dtype}")
+        flat = y.reshape(y.shape[0], -1) if y.ndim > 1 else y.reshape(1, -1)
+        for b, row in enumerate(flat):
+            idx = np.argsort(row)[::-1][:top]
+            tops = ", ".join(f"[{i}] {row[i]:.6g}" for i in idx)
+            click.echo(f"  batch {b} top {len(idx)}: {tops}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""compile() and CompiledModel: calling conventions, input validation, backend registry."""
+
+import numpy as np
+import pytest
+
+import cnncompiler
+from cnncompiler import nn
+from cnncompiler.backends import available, get_backend
+from cnncompiler.errors import (
+    BackendUnavailableError,
+    InputError,
+    ModelError,
+    UnsupportedError,
+)
+from cnncompiler.ir import GraphBuilder
+
+
+@pytest.fixture(scope="module")
+def two_input_model():
+    b = GraphBuilder("two")
+    x = b.input("x", ("N", 3))
+    y = b.input("y", ("N", 3))
+    s = b.op("Add", x, y, name="sum")
+    d = b.op("Mul", x, y, name="prod")
+    return cnncompiler.compile(b.build([s, d]), backend="reference")
+
+
+def test_positional_and_named_calls(two_input_model):
+    x = np.arange(6, dtype=np.float32).reshape(2, 3) + 1
+    y = np.full((2, 3), 2, np.float32)
+    s, d = two_input_model(x, y)
+    np.testing.assert_array_equal(s, x + y)
+    s2, d2 = two_input_model(y=y, x=x)
+    np.testing.assert_array_equal(d2, x * y)
+    assert s.dtype == np.float32
+
+
+@pytest.mark.parametrize("args,kwargs,text", [
+    ((np.ones((2, 3), np.float32),), {}, "takes 2 input"),
+    ((), {"x": np.ones((2, 3), np.float32)}, r"missing input\(s\) \['y'\]"),
+    ((), {"x": np.ones((2, 3), np.float32), "y": np.ones((2, 3), np.float32), "z": 1},
+     r"unknown input\(s\) \['z'\]"),
+    ((np.ones((2, 3)), np.ones((2, 3), np.float32)), {}, "dtype float64.*astype"),
+    ((np.ones((2, 4), np.float32), np.ones((2, 4), np.float32)), {}, "dimension 1: 4 != 3"),
+    ((np.ones((2, 3), np.float32), np.ones((5, 3), np.float32)), {}, "another input set N=2"),
+    ((np.ones(3, np.float32), np.ones(3, np.float32)), {}, "rank 1"),
+])
+def test_bad_inputs_are_clear_errors(two_input_model, args, kwargs, text):
+    with pytest.raises(InputError, match=text):
+        two_input_model(*args, **kwargs)
+
+
+def test_non_contiguous_input_is_accepted_as_a_copy(two_input_model):
+    x = np.ones((3, 2), np.float32).T
+    s, _ = two_input_model(x, x)
+    np.testing.assert_array_equal(s, 2 * np.ones((2, 3)))
+
+
+def test_registry():
+    status = available()
+    assert status["reference"].ok
+    assert get_backend("reference").name == "reference"
+    with pytest.raises(UnsupportedError, match="unknown backend 'tpu'"):
+        get_backend("tpu")
+
+
+def test_compile_rejects_bad_models():
+    with pytest.raises(ModelError, match="cannot compile a int"):
+        cnncompiler.compile(42)
+    with pytest.raises(UnsupportedError, match="opt_level"):
+        cnncompiler.compile(nn.Sequential(nn.ReLU()), input_shape=(1, 3), opt_level=7)
+    with pytest.raises(UnsupportedError, match="unknown reference-backend option"):
+        cnncompiler.compile(nn.Sequential(nn.ReLU()), input_shape=(1, 3), threads=2)
+    g = nn.Sequential(nn.Conv2d(1, 1, 1)).to_graph((1, 1, 2, 2), with_weights=False)
+    with pytest.raises(ModelError, match="no data"):
+        cnncompiler.compile(g)
+
+
+def test_unavailable_backend_reports_why(monkeypatch):
+    from cnncompiler.runtime import registry
+    from cnncompiler.runtime.backend import Backend
+
+    class Broken(Backend):
+        name = "broken"
+
+        def unavailable_reason(self):
+            return "needs a device this machine lacks"
+
+        def compile(self, graph, **options):
+            raise AssertionError
+
+    import types
+    import sys
+    mod = types.ModuleType("fake_backend_mod")
+    mod.Broken = Broken
+    monkeypatch.setitem(sys.modules, "fake_backend_mod", mod)
+    monkeypatch.setitem(registry.BUILTIN_BACKENDS, "broken", "fake_backend_mod:Broken")
+    assert not available()["broken"].ok
+    assert "lacks" in available()["broken"].reason
+    with pytest.raises(BackendUnavailableError, match="lacks"):
+        get_backend("broken")
