@@ -79,7 +79,8 @@ def _label(node: Node) -> str:
         k = w[0] if op == "Conv" else w[1] * a["group"]
         s = a["strides"][0]
         tag = "CONV" if op == "Conv" else "DECONV"
-        dw = "dw" if op == "Conv" and a["group"] > 1 and a["group"] == node.inputs[0].shape[1] else ""
+        depthwise = op == "Conv" and 1 < a["group"] == node.inputs[0].shape[1]
+        dw = "dw" if depthwise else ""
         return f"{tag}{dw}{w[2]}-{k}" + (f"/{s}" if s > 1 else "")
     if op in ("MaxPool", "AveragePool"):
         return ("POOL" if op == "MaxPool" else "AVGPOOL") + str(a["kernel_shape"][0])
@@ -161,7 +162,8 @@ def render(s: Summary) -> str:
     head = ("layer", "name", "output", "activations", "weights", "biases", "FLOPs", "ops")
     lines = []
     for r in s.rows:
-        lines.append((r.layer, r.name, f"[{r.output}]", f"{r.activations:,} ({_human(r.activations)})",
+        acts = f"{r.activations:,} ({_human(r.activations)})"
+        lines.append((r.layer, r.name, f"[{r.output}]", acts,
                       f"{r.weights:,}", f"{r.biases:,}", _human(r.flops), "+".join(r.ops)))
     widths = [max(len(str(x[i])) for x in [head, *lines]) for i in range(len(head))]
     fmt = "  ".join(f"{{:{'<' if i in (0, 1, 2, 7) else '>'}{w}}}" for i, w in enumerate(widths))

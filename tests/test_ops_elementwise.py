@@ -47,8 +47,9 @@ def test_prelu_per_channel():
 
 @pytest.mark.parametrize("op,fn", [("Add", np.add), ("Sub", np.subtract), ("Mul", np.multiply),
                                    ("Div", np.divide)])
-@pytest.mark.parametrize("a_shape,b_shape", [((2, 3, 4, 5), (2, 3, 4, 5)), ((2, 3, 4, 5), (3, 1, 1)),
-                                             ((1, 3, 1, 5), (2, 1, 4, 1)), ((5,), (2, 3, 4, 5))])
+@pytest.mark.parametrize("a_shape,b_shape", [
+    ((2, 3, 4, 5), (2, 3, 4, 5)), ((2, 3, 4, 5), (3, 1, 1)), ((1, 3, 1, 5), (2, 1, 4, 1)),
+    ((5,), (2, 3, 4, 5))])
 def test_broadcast_arithmetic(op, fn, a_shape, b_shape):
     rng = np.random.default_rng(1)
     a, b = rng.standard_normal(a_shape), rng.standard_normal(b_shape) + 3.0

@@ -152,6 +152,13 @@ def test_split_errors():
         infer("Split", [(6, 2)], 3, num_outputs=2)
 
 
+def test_split_reference_needs_the_piece_count():
+    # the reference sees only attrs: a node whose count came from its outputs alone must
+    # carry num_outputs (or split) for the reference to run
+    with pytest.raises(AttributeValueError, match="known number of outputs"):
+        run("Split", [rand(4, 2)])
+
+
 def test_split_names_its_outputs():
     b = GraphBuilder()
     x = b.input("x", ("N", 6))

@@ -89,8 +89,8 @@ def test_unavailable_backend_reports_why(monkeypatch):
         def compile(self, graph, **options):
             raise AssertionError
 
-    import types
     import sys
+    import types
     mod = types.ModuleType("fake_backend_mod")
     mod.Broken = Broken
     monkeypatch.setitem(sys.modules, "fake_backend_mod", mod)

@@ -1,4 +1,4 @@
-"""Elementwise activations: ReLU and friends. Each is out[i] = f(x[i]) (PRelu broadcasts a slope)."""
+"""Elementwise activations: out[i] = f(x[i]) (PRelu broadcasts a learned slope)."""
 
 from __future__ import annotations
 

@@ -79,7 +79,8 @@ def conv2d_reference(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, strides
 def _conv_reference(inputs, attrs):
     x, w = inputs[0], inputs[1]
     b = inputs[2] if len(inputs) > 2 else None
-    ctx = InferContext("Conv", "ref", [TensorType.of(x), TensorType.of(w), None if b is None else TensorType.of(b)], attrs)
+    types = [TensorType.of(x), TensorType.of(w), None if b is None else TensorType.of(b)]
+    ctx = InferContext("Conv", "ref", types, attrs)
     y = _conv_infer(ctx)
     return conv2d_reference(x, w, b, attrs["strides"], attrs["pads"], attrs["dilations"],
                             attrs["group"], y.shape[2:])
@@ -97,7 +98,8 @@ CONV = register(OpDef(
     doc="2-D convolution (cross-correlation) with K filters, stride, zero padding, dilation "
         "and groups (group = C gives depthwise).",
     inputs=(Input("X"), Input("W", weight=True), Input("B", optional=True, weight=True)),
-    attrs=window_attrs(kernel_required=False, with_dilation=True, rounding_choices=("exact", "floor"))
+    attrs=window_attrs(kernel_required=False, with_dilation=True,
+                       rounding_choices=("exact", "floor"))
     + (Attr("group", "int", 1, "number of channel groups", check=lambda g: None if g >= 1
             else "must be >= 1"),),
     infer=_conv_infer,

@@ -42,8 +42,8 @@ def window_attrs(kernel_required: bool, with_dilation: bool, rounding_choices=RO
     ]
     if with_dilation:
         attrs.append(Attr("dilations", "ints", (1, 1), "dilation [D_h, D_w]", check=positive))
-    attrs.append(Attr("rounding", "str", "exact",
-                      "what to do when (W1 - F + 2P)/S + 1 is fractional", choices=rounding_choices))
+    attrs.append(Attr("rounding", "str", "exact", "what to do when (W1 - F + 2P)/S + 1 is "
+                      "fractional", choices=rounding_choices))
     return tuple(attrs)
 
 

@@ -1,0 +1,60 @@
+"""The cnnc command line, driven through click's runner."""
+
+import json
+
+import numpy as np
+from click.testing import CliRunner
+
+from cnncompiler.cli import main
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_models_lists_the_zoo():
+    r = invoke("models")
+    assert r.exit_code == 0
+    for name in ("lenet5", "alexnet", "vgg16", "resnet18", "resnet152", "mobilenet_v2"):
+        assert name in r.output
+
+
+def test_summary_text_and_json():
+    r = invoke("summary", "alexnet")
+    assert r.exit_code == 0 and "62,378,344" in r.output and "[55x55x96]" in r.output
+    r = invoke("summary", "lenet5", "--json")
+    assert json.loads(r.output)["totals"]["params"] == 61_706
+
+
+def test_run_is_seeded_and_reports_shapes():
+    a = invoke("run", "lenet5", "--seed", "0")
+    b = invoke("run", "lenet5", "--seed", "0", "--batch", "2")
+    assert a.exit_code == 0, a.output
+    assert "output output: shape [1, 10]" in a.output
+    assert "shape [2, 10]" in b.output
+    again = invoke("run", "lenet5", "--seed", "0")
+    assert a.output.splitlines()[-1] == again.output.splitlines()[-1]
+
+
+def test_run_with_an_input_file(tmp_path):
+    path = tmp_path / "x.npy"
+    np.save(path, np.random.default_rng(0).standard_normal((1, 1, 32, 32)).astype(np.float32))
+    r = invoke("run", "lenet5", "--input", f"x={path}")
+    assert r.exit_code == 0, r.output
+
+
+def test_errors_exit_nonzero_without_traceback(tmp_path):
+    r = invoke("run", "nosuchnet")
+    assert r.exit_code != 0 and "unknown model 'nosuchnet'" in r.output
+    path = tmp_path / "x.npy"
+    np.save(path, np.zeros((1, 1, 30, 30), np.float32) + 1)
+    r = invoke("run", "lenet5", "--input", f"x={path}")
+    assert r.exit_code == 2 and "error: input 'x' has shape [1, 1, 30, 30]" in r.output
+    r = invoke("run", "lenet5", "--backend", "tpu")
+    assert r.exit_code == 2 and "unknown backend 'tpu'" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_backends_command():
+    r = invoke("backends")
+    assert r.exit_code == 0 and "reference" in r.output and "yes" in r.output
