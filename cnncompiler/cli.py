@@ -20,7 +20,7 @@ def _load(model: str, with_weights: bool, batch: int | None = None, seed: int = 
     if model in zoo.names():
         net = zoo.get(model)
         shape = net.input_shape if batch is None else (batch, *net.input_shape[1:])
-        return net.to_graph(shape, name=model, with_weights=with_weights, seed=seed)
+        return net.to_graph(shape, with_weights=with_weights, seed=seed)
     if model.endswith(".onnx"):
         return as_graph(model)
     raise click.UsageError(f"unknown model {model!r}: give a built-in name "

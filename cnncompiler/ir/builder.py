@@ -85,6 +85,9 @@ class GraphBuilder:
         full = opdef.normalize_attrs(dict(attrs or {}), node_name)
         types = infer_node(op, [v.type if v is not None else None for v in inputs], full,
                            node_name, num_outputs)
+        if opdef.variadic_outputs and full.get("num_outputs", 0) is None \
+                and full.get("split") is None:
+            full["num_outputs"] = len(types)  # record the count so every consumer sees it
         node = Node(op, list(inputs), [], full, node_name)
         if len(types) == 1:
             names = [node_name]

@@ -38,6 +38,8 @@ class Parameter:
         if init not in INITIALIZERS:
             raise ModelError(f"unknown initializer {init!r}; use one of {INITIALIZERS}")
         self.shape = tuple(int(d) for d in shape)
+        if any(d < 1 for d in self.shape):
+            raise ModelError(f"parameter shape {list(self.shape)} must have every dimension >= 1")
         self.init = init
         self.fan_in = fan_in if fan_in is not None else math.prod(self.shape[1:]) or 1
         self.fan_out = fan_out if fan_out is not None else self.shape[0] if self.shape else 1
@@ -80,6 +82,8 @@ class Module:
 
     #: default input shape of :meth:`to_graph`, batch dim first (may be the symbol "N")
     input_shape: tuple | None = None
+    #: default graph name (else the class name, lower-cased)
+    name: str | None = None
 
     def __init__(self) -> None:
         object.__setattr__(self, "_params", OrderedDict())
@@ -205,7 +209,7 @@ class Module:
             p.name = pname
         for path, m in self.named_modules():
             object.__setattr__(m, "_trace_name", path.rsplit(".", 1)[-1] if path else "")
-        tracer = Tracer(name or type(self).__name__.lower(), with_weights)
+        tracer = Tracer(name or self.name or type(self).__name__.lower(), with_weights)
         if isinstance(shape, Mapping):
             inputs = {k: Tensor(tracer, tracer.builder.input(k, tuple(s)))
                       for k, s in shape.items()}

@@ -1,4 +1,4 @@
-"""Convolution: Conv (Conv2d) and ConvTranspose (ConvTranspose2d), NCHW, ONNX semantics.
+"""Convolution (Conv2d), NCHW, ONNX semantics; ConvTranspose lives in conv_transpose.py.
 
 Conv: X [N, C, H, W], W [K, C/group, F_h, F_w], optional B [K] -> Y [N, K, H2, W2] with
 H2 = (H - F + P_top + P_bottom)/S + 1 (F dilated). (F·F·C/group)·K weights + K biases.

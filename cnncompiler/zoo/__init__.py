@@ -85,14 +85,20 @@ def get(name: str, **kwargs) -> Module:
         params = ", ".join(inspect.signature(entry.factory).parameters)
         raise ModelError(f"model {name!r} takes ({params}); got {sorted(kwargs)}: {e}") \
             from None
-    return entry.factory(**kwargs)
+    model = entry.factory(**kwargs)
+    model.name = _canonical(name)
+    return model
+
+
+def _canonical(name: str) -> str:
+    return name.lower().replace("-", "_")
 
 
 def describe(name: str) -> str:
     """One line: the model, its paper and its input size (``name: paper; input 3x224x224``)."""
     entry = _entry(name)
     _, c, h, w = entry.cls.input_shape
-    return f"{name.lower().replace('-', '_')}: {entry.paper}; input {c}x{h}x{w}"
+    return f"{_canonical(name)}: {entry.paper}; input {c}x{h}x{w}"
 
 
 __all__ = ["VGG", "AlexNet", "BasicBlock", "Bottleneck", "InvertedResidual", "LeNet5",
