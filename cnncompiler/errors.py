@@ -51,3 +51,7 @@ class BackendUnavailableError(CnnCompilerError):
 
 class ModelError(CnnCompilerError):
     """A model description that cannot be turned into a graph (DSL misuse, bad weights file)."""
+
+
+class FrontendError(ModelError):
+    """A model file that cannot be imported: malformed, invalid, unsafe or inconsistent."""

@@ -21,24 +21,26 @@ class GraphBuilder:
         self._inputs: list[Value] = []
         self._nodes: list[Node] = []
         self._data: dict[str, np.ndarray | None] = {}
-        self._taken: set[str] = set()
-        self._counters: dict[str, int] = {}
+        # node names and value names are separate namespaces (a node "conv1" makes "conv1")
+        self._taken: dict[str, set[str]] = {"value": set(), "node": set()}
+        self._counters: dict[tuple[str, str], int] = {}
 
     # ---------------------------------------------------------------- names
-    def unique(self, base: str) -> str:
-        """``base`` if free, else ``base_1``, ``base_2``, ..."""
+    def unique(self, base: str, space: str = "value") -> str:
+        """``base`` if free in ``space`` ("value" or "node"), else ``base_1``, ``base_2``..."""
         base = re.sub(r"\s+", "_", base) or "v"
-        name = base
-        while name in self._taken:
-            self._counters[base] = self._counters.get(base, 0) + 1
-            name = f"{base}_{self._counters[base]}"
-        self._taken.add(name)
+        taken, name = self._taken[space], base
+        while name in taken:
+            key = (space, base)
+            self._counters[key] = self._counters.get(key, 0) + 1
+            name = f"{base}_{self._counters[key]}"
+        taken.add(name)
         return name
 
     def _claim(self, name: str) -> str:
-        if name in self._taken:
+        if name in self._taken["value"]:
             raise GraphError(f"the name {name!r} is already used in graph {self.name!r}")
-        self._taken.add(name)
+        self._taken["value"].add(name)
         return name
 
     # --------------------------------------------------------------- leaves
@@ -49,12 +51,14 @@ class GraphBuilder:
 
     def param(self, name: str, data: np.ndarray | None = None, *,
               shape: Sequence[int] | None = None, dtype: DType | str = DType.float32,
-              trainable: bool = True) -> Value:
+              trainable: bool = True, rename: bool = False) -> Value:
         """A stored tensor: trainable parameter, or constant with ``trainable=False``.
 
         Give ``data``, or only ``shape`` for a shape-only graph (weights materialised later).
+        A taken ``name`` is an error, or is made unique with ``rename=True``.
         """
-        return self._stored(self._claim(name), data, shape, dtype, trainable)
+        name = self.unique(name) if rename else self._claim(name)
+        return self._stored(name, data, shape, dtype, trainable)
 
     def const(self, data: Any, name: str = "const", dtype: DType | str | None = None) -> Value:
         """A constant tensor (not trained); ``name`` is made unique if taken."""
@@ -64,7 +68,7 @@ class GraphBuilder:
     def _stored(self, name: str, data: np.ndarray | None, shape: Sequence[int] | None,
                 dtype: DType | str, trainable: bool) -> Value:
         if data is not None:
-            data = np.ascontiguousarray(data)
+            data = np.require(data, requirements="C")
             ttype = TensorType(data.shape, DType.of(data.dtype))
         elif shape is not None:
             ttype = TensorType(tuple(shape), DType.of(dtype))
@@ -76,12 +80,15 @@ class GraphBuilder:
 
     # ---------------------------------------------------------------- nodes
     def add_node(self, op: str, inputs: Sequence[Value | None], attrs: dict[str, Any] | None = None,
-                 name: str | None = None, num_outputs: int | None = None) -> list[Value]:
-        """Append ``op(inputs)``; its attributes are validated and its outputs typed now."""
+                 name: str | None = None, num_outputs: int | None = None,
+                 output_names: Sequence[str] | None = None) -> list[Value]:
+        """Append ``op(inputs)``; its attributes are validated and its outputs typed now.
+
+        Outputs are named ``output_names`` (made unique) or after the node."""
         from cnncompiler.ops.registry import get_op, infer_node
 
         opdef = get_op(op)
-        node_name = self.unique(name or op.lower())
+        node_name = self.unique(name or op.lower(), "node")
         full = opdef.normalize_attrs(dict(attrs or {}), node_name)
         types = infer_node(op, [v.type if v is not None else None for v in inputs], full,
                            node_name, num_outputs)
@@ -89,8 +96,13 @@ class GraphBuilder:
                 and full.get("split") is None:
             full["num_outputs"] = len(types)  # record the count so every consumer sees it
         node = Node(op, list(inputs), [], full, node_name)
-        if len(types) == 1:
-            names = [node_name]
+        if output_names is not None:
+            if len(output_names) != len(types):
+                raise GraphError(f"node {node_name!r}: {len(output_names)} output names for "
+                                 f"{len(types)} outputs")
+            names = [self.unique(n) for n in output_names]
+        elif len(types) == 1:
+            names = [self.unique(node_name)]
         else:
             labels = (opdef.outputs if len(opdef.outputs) == len(types)
                       else [str(i) for i in range(len(types))])

@@ -159,7 +159,7 @@ class Module:
             if arr.shape != p.shape:
                 raise ModelError(f"weight {name!r} has shape {list(arr.shape)}, the model "
                                  f"expects {list(p.shape)}")
-            p.data = np.ascontiguousarray(arr, dtype=p.dtype)
+            p.data = np.require(arr, p.dtype, "C")
         return self
 
     def save(self, path: str) -> None:

@@ -6,11 +6,14 @@ from cnncompiler.ops import (  # noqa: F401  (importing a module registers its o
     conv,
     conv_transpose,
     linear,
+    math_ops,
     normalization,
     pooling,
+    reduce_ops,
     resize,
     shape_ops,
     softmax,
+    tensor_ops,
 )
 from cnncompiler.ops.opdef import Attr, Cost, FusionKind, InferContext, Input, OpDef
 from cnncompiler.ops.registry import all_ops, get_op, infer_node, node_cost, register

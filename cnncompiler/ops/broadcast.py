@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from cnncompiler.ir.types import TensorType
@@ -31,17 +33,21 @@ def broadcast_infer(ctx: InferContext) -> TensorType:
     return TensorType(broadcast_shapes(ctx, a.shape, b.shape), dtype)
 
 
-def _binary(name: str, doc: str, fn) -> OpDef:
+def binary(name: str, doc: str, fn: Callable[[np.ndarray, np.ndarray], np.ndarray],
+           infer: Callable[[InferContext], TensorType] = broadcast_infer,
+           flops_per_element: int = 1) -> OpDef:
+    """Register a broadcasting op ``Y = fn(A, B)``; ``infer`` defaults to same-dtype operands
+    and a result of that dtype (comparisons pass their own, with a bool result)."""
     return register(OpDef(
-        name=name, doc=doc, inputs=(Input("A"), Input("B")), attrs=(), infer=broadcast_infer,
+        name=name, doc=doc, inputs=(Input("A"), Input("B")), attrs=(), infer=infer,
         reference=lambda inputs, attrs: fn(inputs[0], inputs[1]),
-        flops=elementwise_flops(1), fusion=FusionKind.BROADCAST,
+        flops=elementwise_flops(flops_per_element), fusion=FusionKind.BROADCAST,
     ))
 
 
-ADD = _binary("Add", "A + B with numpy broadcasting (residual connections, biases)", np.add)
-SUB = _binary("Sub", "A - B with numpy broadcasting", np.subtract)
-MUL = _binary("Mul", "A * B with numpy broadcasting", np.multiply)
-DIV = _binary("Div", "A / B with numpy broadcasting (integer inputs divide toward zero)",
-              lambda a, b: np.divide(a, b) if a.dtype.kind == "f"
-              else (np.trunc(a / b)).astype(a.dtype))
+ADD = binary("Add", "A + B with numpy broadcasting (residual connections, biases)", np.add)
+SUB = binary("Sub", "A - B with numpy broadcasting", np.subtract)
+MUL = binary("Mul", "A * B with numpy broadcasting", np.multiply)
+DIV = binary("Div", "A / B with numpy broadcasting (integer inputs divide toward zero)",
+             lambda a, b: np.divide(a, b) if a.dtype.kind == "f"
+             else (np.trunc(a / b)).astype(a.dtype))

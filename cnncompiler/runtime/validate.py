@@ -66,7 +66,7 @@ def _check(v: Value, x: Any, bindings: dict[str, int]) -> np.ndarray:
         elif got != dim:
             raise InputError(f"input '{v.name}' has shape {list(x.shape)}, the model expects "
                              f"{_fmt(expected)} (dimension {axis}: {got} != {dim})")
-    return np.ascontiguousarray(x)
+    return np.require(x, requirements="C")  # keeps 0-d arrays 0-d
 
 
 def _fmt(shape) -> str:

@@ -1,0 +1,236 @@
+"""Elementwise math, comparisons and selection (ONNX semantics, latest opset).
+
+ONNX exports spell many layers out of primitives: GELU as Erf/Mul/Add, LayerNorm as
+ReduceMean/Sub/Pow/Sqrt/Div, SiLU as Sigmoid*x, masks as Equal/Where. Each op here is one
+of the existing patterns: unary ops go through :func:`~cnncompiler.ops.activations.unary`
+(ELEMENTWISE), binary ones through :func:`~cnncompiler.ops.broadcast.binary` (BROADCAST), and
+Max/Min/Sum/Mean take any number of inputs with numpy's multi-way broadcasting.
+
+Type rules follow the ONNX schemas restricted to our dtypes: transcendental ops take float
+only, Abs/Neg/Max/Min/Pow/comparisons also take int64, Not takes bool, comparisons return bool.
+References keep the input dtype (exact in float64).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from cnncompiler.ir.types import DType, TensorType
+from cnncompiler.ops.activations import _sigmoid, unary
+from cnncompiler.ops.broadcast import binary, broadcast_shapes
+from cnncompiler.ops.opdef import Attr, FusionKind, InferContext, Input, OpDef, elementwise_flops
+from cnncompiler.ops.registry import register
+
+FLOAT = (DType.float32, DType.float64)
+NUMERIC = (DType.float32, DType.float64, DType.int64)
+
+
+def require_dtype(ctx: InferContext, i: int, allowed: tuple[DType, ...]) -> TensorType:
+    """Input ``i``, checked to have one of the ``allowed`` dtypes."""
+    t = ctx.input(i)
+    if t.dtype not in allowed:
+        raise ctx.fail(f"input {i} must be {' or '.join(str(d) for d in allowed)}, "
+                       f"got {t.dtype}")
+    return t
+
+
+def broadcast_all(ctx: InferContext, types: list[TensorType]) -> tuple:
+    """numpy's multi-way broadcast of the shapes of ``types`` (pairwise, left to right)."""
+    return functools.reduce(lambda a, b: broadcast_shapes(ctx, a, b), [t.shape for t in types])
+
+
+def _keep_dtype(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+    """``fn`` with its result cast back to the input's dtype (numpy may widen)."""
+    def wrapped(x: np.ndarray, **attrs: Any) -> np.ndarray:
+        return np.asarray(fn(x, **attrs)).astype(x.dtype, copy=False)
+    return wrapped
+
+
+# ------------------------------------------------------------------------ float unary ops
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+def _gelu(x: np.ndarray, approximate: str) -> np.ndarray:
+    if approximate == "tanh":
+        return 0.5 * x * (1.0 + np.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
+
+
+def _softplus(x: np.ndarray) -> np.ndarray:
+    return np.logaddexp(0.0, x)  # log(1 + e^x) without overflow
+
+
+def _elu(x: np.ndarray, alpha: float) -> np.ndarray:
+    # expm1 of min(x, 0): exact near 0 and no overflow in the branch where() discards
+    return np.where(x < 0, alpha * np.expm1(np.minimum(x, 0)), x)
+
+
+def _selu(x: np.ndarray, alpha: float, gamma: float) -> np.ndarray:
+    return gamma * np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
+
+
+def _celu(x: np.ndarray, alpha: float) -> np.ndarray:
+    return np.maximum(x, 0) + np.minimum(0, alpha * np.expm1(np.minimum(x, 0) / alpha))
+
+
+def _nonzero(v: float) -> str | None:
+    return None if v != 0 else "must be non-zero"
+
+
+EXP = unary("Exp", "e^x", _keep_dtype(np.exp), 4)
+LOG = unary("Log", "natural logarithm (-inf at 0, nan below)", _keep_dtype(np.log), 4)
+SQRT = unary("Sqrt", "square root (nan below 0)", _keep_dtype(np.sqrt), 4)
+RECIPROCAL = unary("Reciprocal", "1 / x", _keep_dtype(np.reciprocal), 1)
+FLOOR = unary("Floor", "largest integer <= x", _keep_dtype(np.floor), 1)
+CEIL = unary("Ceil", "smallest integer >= x", _keep_dtype(np.ceil), 1)
+ERF = unary("Erf", "the error function 2/sqrt(pi) * integral_0^x e^(-t^2) dt",
+            _keep_dtype(_erf), 8)
+GELU = unary("Gelu", "0.5 x (1 + erf(x / sqrt 2)); approximate='tanh' uses "
+             "0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))", _keep_dtype(_gelu), 10,
+             (Attr("approximate", "str", "none", "'none' (exact, erf) or 'tanh'",
+                   choices=("none", "tanh")),))
+SOFTPLUS = unary("Softplus", "log(1 + e^x)", _keep_dtype(_softplus), 4)
+SOFTSIGN = unary("Softsign", "x / (1 + |x|)", _keep_dtype(lambda x: x / (1 + np.abs(x))), 3)
+ELU = unary("Elu", "x if x >= 0 else alpha (e^x - 1)", _keep_dtype(_elu), 4,
+            (Attr("alpha", "float", 1.0, "scale of the negative branch"),))
+SELU = unary("Selu", "gamma * (x if x > 0 else alpha (e^x - 1))", _keep_dtype(_selu), 5,
+             (Attr("alpha", "float", 1.67326319217681884765625),
+              Attr("gamma", "float", 1.05070102214813232421875)))
+CELU = unary("Celu", "max(0, x) + min(0, alpha (e^(x/alpha) - 1))", _keep_dtype(_celu), 6,
+             (Attr("alpha", "float", 1.0, "scale (non-zero)", check=_nonzero),))
+THRESHOLDED_RELU = unary("ThresholdedRelu", "x if x > alpha else 0",
+                         _keep_dtype(lambda x, alpha: np.where(x > alpha, x, 0)), 1,
+                         (Attr("alpha", "float", 1.0, "the threshold"),))
+MISH = unary("Mish", "x tanh(log(1 + e^x))",
+             _keep_dtype(lambda x: x * np.tanh(_softplus(x))), 8)
+SWISH = unary("Swish", "x sigmoid(alpha x) (SiLU for alpha = 1)",
+              _keep_dtype(lambda x, alpha: x * _sigmoid(alpha * x)), 5,
+              (Attr("alpha", "float", 1.0, "scale inside the sigmoid"),))
+
+
+# ---------------------------------------------------------------------- other unary ops
+def _numeric_unary_infer(ctx: InferContext) -> TensorType:
+    return require_dtype(ctx, 0, NUMERIC)
+
+
+def _not_infer(ctx: InferContext) -> TensorType:
+    return require_dtype(ctx, 0, (DType.bool,))
+
+
+def _register_unary(name: str, doc: str, fn: Callable[[np.ndarray], np.ndarray],
+                    infer: Callable[[InferContext], TensorType]) -> OpDef:
+    return register(OpDef(
+        name=name, doc=doc, inputs=(Input("X"),), attrs=(), infer=infer,
+        reference=lambda inputs, attrs: fn(inputs[0]),
+        flops=elementwise_flops(1), fusion=FusionKind.ELEMENTWISE,
+    ))
+
+
+ABS = _register_unary("Abs", "|x| (float or int64)", np.abs, _numeric_unary_infer)
+NEG = _register_unary("Neg", "-x (float or int64)", np.negative, _numeric_unary_infer)
+NOT = _register_unary("Not", "logical not of a bool tensor", np.logical_not, _not_infer)
+
+
+# ---------------------------------------------------------------------------- binary ops
+def _pow_infer(ctx: InferContext) -> TensorType:
+    base = require_dtype(ctx, 0, NUMERIC)
+    exponent = require_dtype(ctx, 1, NUMERIC)
+    return TensorType(broadcast_shapes(ctx, base.shape, exponent.shape), base.dtype)
+
+
+def _pow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if a.dtype.kind in "iu" and b.dtype.kind in "iu" and np.any(b < 0):
+        # numpy refuses integer ** negative integer; ONNX gives the truncated real power
+        return np.trunc(np.power(a.astype(np.float64), b)).astype(a.dtype)
+    return np.power(a, b).astype(a.dtype, copy=False)
+
+
+def _compare_infer(allowed: tuple[DType, ...]) -> Callable[[InferContext], TensorType]:
+    def infer(ctx: InferContext) -> TensorType:
+        a, b = require_dtype(ctx, 0, allowed), require_dtype(ctx, 1, allowed)
+        ctx.same_dtype(0, 1)
+        return TensorType(broadcast_shapes(ctx, a.shape, b.shape), DType.bool)
+    return infer
+
+
+POW = binary("Pow", "A ** B with numpy broadcasting; the result has A's dtype (B may differ)",
+             _pow, infer=_pow_infer, flops_per_element=4)
+EQUAL = binary("Equal", "A == B (bool result) with numpy broadcasting", np.equal,
+               infer=_compare_infer(NUMERIC + (DType.bool,)))
+LESS = binary("Less", "A < B (bool result) with numpy broadcasting", np.less,
+              infer=_compare_infer(NUMERIC))
+GREATER = binary("Greater", "A > B (bool result) with numpy broadcasting", np.greater,
+                 infer=_compare_infer(NUMERIC))
+
+
+# ----------------------------------------------------------------------- variadic ops
+def _variadic_infer(allowed: tuple[DType, ...]) -> Callable[[InferContext], TensorType]:
+    def infer(ctx: InferContext) -> TensorType:
+        if not ctx.inputs:
+            raise ctx.fail(f"{ctx.op} needs at least one input, got none")
+        types = [require_dtype(ctx, i, allowed) for i in range(len(ctx.inputs))]
+        dtype = ctx.same_dtype(*range(len(types)))
+        return TensorType(broadcast_all(ctx, types), dtype)
+    return infer
+
+
+def _variadic_flops(per_input: int, extra: int = 0) -> Callable[[InferContext], int]:
+    """``per_input`` FLOPs per output element for each input after the first (+ ``extra``)."""
+    def flops(ctx: InferContext) -> int:
+        n = len(ctx.inputs)
+        return (per_input * (n - 1) + extra) * sum(math.prod(t.shape) for t in ctx.outputs)
+    return flops
+
+
+def _variadic(name: str, doc: str, fn: Callable[[list[np.ndarray]], np.ndarray],
+              allowed: tuple[DType, ...], extra_flops: int = 0) -> OpDef:
+    return register(OpDef(
+        name=name, doc=doc, inputs=(Input("inputs", variadic=True),), attrs=(),
+        infer=_variadic_infer(allowed), reference=lambda inputs, attrs: fn(list(inputs)),
+        flops=_variadic_flops(1, extra_flops), fusion=FusionKind.BROADCAST,
+    ))
+
+
+def _fold(ufunc: np.ufunc) -> Callable[[list[np.ndarray]], np.ndarray]:
+    def fn(xs: list[np.ndarray]) -> np.ndarray:
+        if len(xs) == 1:
+            return xs[0].copy()  # never hand out the input buffer
+        return functools.reduce(ufunc, xs[1:], xs[0])
+    return fn
+
+
+def _mean(xs: list[np.ndarray]) -> np.ndarray:
+    return functools.reduce(np.add, xs[1:], xs[0]) / len(xs)  # float / int keeps the dtype
+
+
+MAX = _variadic("Max", "elementwise maximum of any number of inputs (numpy broadcasting)",
+                _fold(np.maximum), NUMERIC)
+MIN = _variadic("Min", "elementwise minimum of any number of inputs (numpy broadcasting)",
+                _fold(np.minimum), NUMERIC)
+SUM = _variadic("Sum", "elementwise sum of any number of inputs (numpy broadcasting)",
+                _fold(np.add), FLOAT)
+MEAN = _variadic("Mean", "elementwise mean of any number of inputs (numpy broadcasting)",
+                 _mean, FLOAT, extra_flops=1)
+
+
+# ------------------------------------------------------------------------------- Where
+def _where_infer(ctx: InferContext) -> TensorType:
+    cond = require_dtype(ctx, 0, (DType.bool,))
+    x, y = ctx.input(1), ctx.input(2)
+    dtype = ctx.same_dtype(1, 2)
+    return TensorType(broadcast_all(ctx, [cond, x, y]), dtype)
+
+
+WHERE = register(OpDef(
+    name="Where",
+    doc="X where condition else Y, all three broadcast together (numpy.where)",
+    inputs=(Input("condition"), Input("X"), Input("Y")), attrs=(), infer=_where_infer,
+    reference=lambda inputs, attrs: np.where(inputs[0], inputs[1], inputs[2]),
+    flops=elementwise_flops(1), fusion=FusionKind.BROADCAST,
+))

@@ -1,0 +1,381 @@
+"""ONNX -> Graph IR.
+
+The importer walks the (checked, topologically sorted) ONNX graph once. Each node goes
+through a converter (``converters.py``) that maps ONNX syntax onto our op definitions: static
+operands (shapes, pads, scales, axes) become attributes, which is why they must be known at
+import time. Nodes whose inputs are all known are evaluated right here through the ops'
+references (constant folding), so exporter shape arithmetic (Shape -> Gather -> Concat ->
+Reshape) never reaches codegen. A symbolic batch dim flows through that arithmetic as a
+sentinel integer (far below any real size) that converters decode back to its name.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from cnncompiler.errors import CnnCompilerError, FrontendError, UnsupportedError
+from cnncompiler.frontends.onnx.reader import read_model
+from cnncompiler.ir.builder import GraphBuilder
+from cnncompiler.ir.graph import Graph, Value
+from cnncompiler.ir.types import DType, TensorType
+from cnncompiler.ops.registry import all_ops, get_op
+
+ONNX_DTYPES = {
+    onnx.TensorProto.FLOAT: DType.float32,
+    onnx.TensorProto.DOUBLE: DType.float64,
+    onnx.TensorProto.INT64: DType.int64,
+    onnx.TensorProto.INT32: DType.int64,   # widened: shapes and indices
+    onnx.TensorProto.BOOL: DType.bool,
+}
+
+# ops that only move shape entries around, so they may fold operands holding a symbol
+SYMBOLIC_FOLDABLE = {"Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Identity", "Reshape",
+                     "Flatten", "Cast"}
+
+Known = np.ndarray  # an import-time value
+SYMBOL_BASE = -(1 << 40)   # symbolic dim k is encoded as SYMBOL_BASE - k in int64 shape data
+MAX_SYMBOLS = 1 << 20
+
+
+def is_symbolic(a: np.ndarray) -> bool:
+    """True for int64 shape data that holds an encoded symbolic dim."""
+    return a.dtype == np.int64 and bool(
+        np.any((a <= SYMBOL_BASE) & (a > SYMBOL_BASE - MAX_SYMBOLS)))
+
+
+class NodeContext:
+    """What a converter sees of one ONNX node, and how it emits IR."""
+
+    def __init__(self, importer: OnnxImporter, node: onnx.NodeProto, name: str):
+        self.importer = importer
+        self.node = node
+        self.name = name
+        self.op_type = node.op_type
+        self.opset = importer.opset
+        self.attrs: dict[str, Any] = {a.name: _attr_value(a) for a in node.attribute}
+        self._emitted = 0
+
+    # -------------------------------------------------------------- reading
+    @property
+    def num_inputs(self) -> int:
+        return len(self.node.input)
+
+    def has_input(self, i: int) -> bool:
+        return i < len(self.node.input) and self.node.input[i] != ""
+
+    def known(self, i: int) -> Known | None:
+        """The input's value if known at import time (initializer, Constant, folded)."""
+        if not self.has_input(i):
+            return None
+        return self.importer.known.get(self.node.input[i])
+
+    def require_known(self, i: int, what: str) -> Known:
+        value = self.known(i)
+        if value is None:
+            if not self.has_input(i):
+                raise self.fail(f"{what} (input {i}) is required")
+            raise self.unsupported(f"{what} (input {i}, {self.node.input[i]!r}) must be a "
+                                   "constant known at import time; it is computed at run time")
+        return value
+
+    def static_ints(self, i: int, what: str) -> list[int]:
+        value = self.require_known(i, what)
+        if is_symbolic(value):
+            names = sorted({d for d in self.importer.decode(value) if isinstance(d, str)})
+            raise self.unsupported(f"{what} depends on the symbolic dim(s) {names}; give a "
+                                   "concrete batch (batch=...) or input_shapes=...")
+        return [int(v) for v in value.ravel()]
+
+    def static_floats(self, i: int, what: str) -> list[float]:
+        value = self.require_known(i, what)
+        if is_symbolic(value):
+            raise self.unsupported(f"{what} depends on a symbolic dim")
+        return [float(v) for v in value.ravel()]
+
+    def type(self, i: int) -> TensorType:
+        return self.importer.type_of(self.node.input[i], self)
+
+    def attr(self, key: str, default: Any = None) -> Any:
+        return self.attrs.get(key, default)
+
+    # ------------------------------------------------------------- emitting
+    def emit(self, op: str, inputs: Sequence[Any], attrs: Mapping[str, Any] | None = None,
+             num_outputs: int = 1, outputs: Sequence[str] | None = None) -> list[Value | Known]:
+        """Apply ``op``; folded to known arrays when every input is known, else a node.
+
+        ``inputs`` holds input indices of this ONNX node (int), known arrays, Values or None.
+        """
+        resolved = [self._resolve(x) for x in inputs]
+        attrs = dict(attrs or {})
+        opdef = get_op(op)
+        present = [r for r in resolved if r is not None]
+        if present and all(isinstance(r, np.ndarray) for r in present) and self._foldable(
+                op, present):
+            full = opdef.normalize_attrs(attrs, self.name)
+            result = opdef.reference(list(resolved), full)
+            results = list(result) if isinstance(result, (tuple, list)) else [result]
+            return [np.asarray(r) for r in results]
+        values = [None if r is None else self.importer.as_value(r, opdef, i, self.name)
+                  for i, r in enumerate(resolved)]
+        self._emitted += 1
+        node_name = self.name if self._emitted == 1 else f"{self.name}/{op.lower()}"
+        names = outputs if outputs is not None else (
+            list(self.node.output)[:num_outputs] if self._emitted == 1 else None)
+        if names is not None and len(names) != num_outputs:
+            names = None
+        return self.importer.builder.add_node(op, values, attrs, node_name, num_outputs, names)
+
+    def _resolve(self, x: Any) -> Value | Known | None:
+        if isinstance(x, int) and not isinstance(x, bool):
+            if not self.has_input(x):
+                return None
+            name = self.node.input[x]
+            k = self.importer.known.get(name)
+            return k if k is not None else self.importer.value_of(name, self)
+        return x
+
+    @staticmethod
+    def _foldable(op: str, arrays: list[np.ndarray]) -> bool:
+        return op in SYMBOLIC_FOLDABLE or not any(is_symbolic(a) for a in arrays)
+
+    # --------------------------------------------------------------- errors
+    def fail(self, message: str) -> FrontendError:
+        return FrontendError(f"ONNX node '{self.name}' ({self.op_type}, opset {self.opset}): "
+                             f"{message}")
+
+    def unsupported(self, message: str) -> UnsupportedError:
+        return UnsupportedError(f"ONNX node '{self.name}' ({self.op_type}, opset "
+                                f"{self.opset}): {message}")
+
+
+def _attr_value(attr: onnx.AttributeProto) -> Any:
+    value = onnx.helper.get_attribute_value(attr)
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, onnx.TensorProto):
+        return numpy_helper.to_array(value)
+    if isinstance(value, list):
+        return [v.decode() if isinstance(v, bytes) else v for v in value]
+    return value
+
+
+class OnnxImporter:
+    def __init__(self, model: onnx.ModelProto, input_shapes: Mapping[str, Sequence] | None,
+                 batch: int | None, name: str | None):
+        from cnncompiler.frontends.onnx.converters import CONVERTERS
+
+        self.model = model
+        self.converters: dict[str, Callable[[NodeContext], list]] = CONVERTERS
+        self.opset = next(i.version for i in model.opset_import if i.domain in ("", "ai.onnx"))
+        self.input_shapes = dict(input_shapes or {})
+        self.batch = batch
+        self.builder = GraphBuilder(name or model.graph.name or "onnx_model")
+        self.known: dict[str, Known] = {}          # import-time values by ONNX name
+        self._known_names: dict[int, str] = {}     # id(array) -> its ONNX name
+        self.values: dict[str, Value] = {}         # graph values by ONNX name
+        self.initializers: set[str] = set()
+        self.symbols: list[str] = []               # symbolic dims seen by Shape, by index
+        self._materialized: dict[tuple[str, bool], Value] = {}
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> Graph:
+        g = self.model.graph
+        self.check_supported()
+        self.used = {name for n in g.node for name in n.input} | {o.name for o in g.output}
+        for t in g.initializer:
+            self._set_known(t.name, _tensor_array(t))
+            self.initializers.add(t.name)
+        for vi in g.input:
+            if vi.name not in self.initializers:
+                self.values[vi.name] = self._graph_input(vi)
+        node_names: set[str] = set()
+        for index, node in enumerate(g.node):
+            base = node.name or f"{node.op_type.lower()}_{index}"
+            name = base if base not in node_names else f"{base}_{index}"
+            node_names.add(name)
+            self._convert(node, name)
+        outputs = [self._output_value(o.name) for o in g.output]
+        return self.builder.build(outputs)
+
+    def check_supported(self) -> None:
+        """Raise one error listing every unsupported op type with its nodes and count."""
+        ours = all_ops()
+        missing: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for index, node in enumerate(self.model.graph.node):
+            domain = node.domain or "ai.onnx"
+            if domain != "ai.onnx" or (node.op_type not in self.converters
+                                       and node.op_type not in ours):
+                missing[(domain, node.op_type)].append(node.name or f"#{index}")
+        if missing:
+            lines = []
+            for (domain, op), nodes in sorted(missing.items()):
+                where = "" if domain == "ai.onnx" else f" (domain {domain})"
+                shown = ", ".join(nodes[:5]) + (", ..." if len(nodes) > 5 else "")
+                lines.append(f"  {op}{where}, opset {self.opset}: {len(nodes)} node(s): {shown}")
+            raise UnsupportedError(f"the model uses {len(missing)} unsupported ONNX op type(s):\n"
+                                   + "\n".join(lines))
+
+    def _convert(self, node: onnx.NodeProto, name: str) -> None:
+        ctx = NodeContext(self, node, name)
+        convert = self.converters.get(node.op_type, default_converter)
+        try:
+            results = convert(ctx)
+        except CnnCompilerError:
+            raise
+        except (ValueError, TypeError, IndexError, KeyError, OverflowError) as e:
+            raise ctx.fail(f"cannot convert: {type(e).__name__}: {e}") from None
+        outs = list(node.output)
+        padded = [*results, *[None] * (len(outs) - len(results))]
+        needed = [o for o, r in zip(outs, padded) if o in self.used and r is None]
+        if needed:
+            raise ctx.unsupported(f"output(s) {needed} are not supported")
+        for out_name, result in zip(outs, results):
+            if not out_name or result is None:
+                continue
+            if isinstance(result, np.ndarray):
+                self._set_known(out_name, result)
+            else:
+                self.values[out_name] = result
+
+    # ------------------------------------------------------------- symbols
+    def encode(self, dims: Sequence[int | str]) -> np.ndarray:
+        """Shape data as int64, each symbolic dim replaced by its sentinel."""
+        out = []
+        for d in dims:
+            if isinstance(d, str):
+                if d not in self.symbols:
+                    self.symbols.append(d)
+                d = SYMBOL_BASE - self.symbols.index(d)
+            out.append(d)
+        return np.array(out, dtype=np.int64)
+
+    def decode(self, a: np.ndarray) -> list[int | str]:
+        """Flat shape data with sentinels turned back into symbol names."""
+        out: list[int | str] = []
+        for v in np.asarray(a).ravel().tolist():
+            k = SYMBOL_BASE - v
+            out.append(self.symbols[k] if 0 <= k < len(self.symbols) else int(v))
+        return out
+
+    # --------------------------------------------------------------- values
+    def _set_known(self, name: str, array: Known) -> None:
+        self.known[name] = array
+        self._known_names.setdefault(id(array), name)
+
+    def _graph_input(self, vi: onnx.ValueInfoProto) -> Value:
+        t = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type"):
+            raise FrontendError(f"graph input {vi.name!r} is not a tensor")
+        dtype = ONNX_DTYPES.get(t.elem_type)
+        if dtype is None or t.elem_type == onnx.TensorProto.INT32:
+            raise UnsupportedError(f"graph input {vi.name!r} has element type "
+                                   f"{onnx.TensorProto.DataType.Name(t.elem_type)}; supported: "
+                                   "float, double, int64, bool")
+        if vi.name in self.input_shapes:
+            shape = tuple(self.input_shapes[vi.name])
+        else:
+            if not t.HasField("shape"):
+                raise FrontendError(f"graph input {vi.name!r} has no shape; pass "
+                                    f"input_shapes={{{vi.name!r}: (...)}}")
+            # dim_param, or a missing/non-positive dim_value (exporters write -1), is symbolic
+            shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0
+                          else (d.dim_param or "?") for d in t.shape.dim)
+            symbolic = [i for i, d in enumerate(shape) if isinstance(d, str)]
+            if any(i > 0 for i in symbolic):
+                raise FrontendError(
+                    f"graph input {vi.name!r} has shape {list(shape)}: only the first (batch) "
+                    "dim may be symbolic; pass concrete shapes with "
+                    f"input_shapes={{{vi.name!r}: (N, ...)}}")
+            if symbolic and shape[0] == "?":
+                shape = ("N", *shape[1:])
+        if self.batch is not None and shape and isinstance(shape[0], str):
+            shape = (self.batch, *shape[1:])
+        return self.builder.input(vi.name, shape, dtype)
+
+    def value_of(self, name: str, ctx: NodeContext) -> Value:
+        v = self.values.get(name)
+        if v is None:
+            raise ctx.fail(f"input {name!r} is not produced by any earlier node, initializer "
+                           "or graph input")
+        return v
+
+    def type_of(self, name: str, ctx: NodeContext) -> TensorType:
+        if name in self.known:
+            return TensorType.of(self.known[name])
+        return self.value_of(name, ctx).type
+
+    def as_value(self, x: Value | Known, opdef, slot: int, node: str) -> Value:
+        """A graph Value for ``x``: a known array becomes a stored tensor (once per name)."""
+        if isinstance(x, Value):
+            return x
+        if is_symbolic(x):
+            raise UnsupportedError(f"ONNX node '{node}': a run-time tensor would depend on the "
+                                   "symbolic batch dim; give a concrete batch (batch=...)")
+        arr = x
+        if arr.dtype == np.int32:
+            arr = arr.astype(np.int64)
+        name = self._known_names.get(id(x))
+        weight_slot = opdef.inputs[min(slot, len(opdef.inputs) - 1)].weight if opdef.inputs \
+            else False
+        # ONNX initializers and constants in weight slots (conv W, B) are the model's parameters
+        trainable = arr.dtype.kind == "f" and (name in self.initializers or weight_slot)
+        key = (name or f"@{id(x)}", trainable)
+        v = self._materialized.get(key)
+        if v is None:
+            label = name or f"{node}.const"
+            if trainable:
+                v = self.builder.param(label, arr, rename=True)
+            else:
+                v = self.builder.const(arr, name=label)
+            self._materialized[key] = v
+        return v
+
+    def _output_value(self, name: str) -> Value:
+        if name in self.values:
+            return self.values[name]
+        if name in self.known:  # a constant graph output: keep it a real graph output
+            v = self.as_value(self.known[name], get_op("Identity"), 0, name)
+            out = self.builder.add_node("Identity", [v], {}, name, output_names=[name])[0]
+            self.values[name] = out
+            return out
+        raise FrontendError(f"graph output {name!r} is not produced by any node")
+
+
+def _tensor_array(t: onnx.TensorProto) -> np.ndarray:
+    if t.data_type not in ONNX_DTYPES:
+        raise UnsupportedError(f"initializer {t.name!r} has element type "
+                               f"{onnx.TensorProto.DataType.Name(t.data_type)}; supported: "
+                               "float, double, int32/int64, bool")
+    try:
+        arr = numpy_helper.to_array(t)
+    except (ValueError, TypeError) as e:
+        raise FrontendError(f"initializer {t.name!r} cannot be read: {e}") from None
+    return arr.astype(np.int64) if arr.dtype == np.int32 else np.require(arr, requirements="C")
+
+
+def default_converter(ctx: NodeContext) -> list:
+    """ONNX ops whose inputs and attributes match our definition one to one."""
+    opdef = get_op(ctx.op_type)
+    n_out = len(ctx.node.output)
+    return ctx.emit(ctx.op_type, list(range(ctx.num_inputs)), ctx.attrs,
+                    num_outputs=n_out if opdef.variadic_outputs else len(opdef.outputs))
+
+
+def load(model: str | os.PathLike | bytes | onnx.ModelProto, *,
+         input_shapes: Mapping[str, Sequence[int | str]] | None = None,
+         batch: int | None = None, name: str | None = None) -> Graph:
+    """Import an ONNX model (path, bytes or ModelProto) as a verified Graph.
+
+    A symbolic first dim stays symbolic unless ``batch`` pins it; other symbolic dims need
+    ``input_shapes={"input": (1, 3, 224, 224)}``. Raises FrontendError for malformed or
+    unsafe files and UnsupportedError listing every unsupported op at once.
+    """
+    proto = read_model(model)
+    return OnnxImporter(proto, input_shapes, batch, name).run()
