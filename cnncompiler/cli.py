@@ -12,19 +12,38 @@ import numpy as np
 from cnncompiler.errors import CnnCompilerError
 
 
-def _load(model: str, with_weights: bool, batch: int | None = None, seed: int = 0):
-    """A Graph from a zoo name (or an ONNX file, once the ONNX front end exists)."""
+def _load(model: str, with_weights: bool, batch: int | None = None, seed: int = 0,
+          input_shapes: dict[str, tuple[int, ...]] | None = None):
+    """A Graph from a zoo name or an ONNX file (whose symbolic dims ``input_shapes`` fixes)."""
     from cnncompiler import zoo
-    from cnncompiler.runtime.api import as_graph
 
     if model in zoo.names():
         net = zoo.get(model)
         shape = net.input_shape if batch is None else (batch, *net.input_shape[1:])
         return net.to_graph(shape, with_weights=with_weights, seed=seed)
     if model.endswith(".onnx"):
-        return as_graph(model)
+        from cnncompiler.frontends.onnx import load
+
+        return load(model, input_shapes=input_shapes)
     raise click.UsageError(f"unknown model {model!r}: give a built-in name "
                            f"({', '.join(zoo.names())}) or an .onnx file")
+
+
+def _parse_shapes(items: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    shapes = {}
+    for item in items:
+        name, sep, dims = item.partition("=")
+        try:
+            shapes[name] = tuple(int(d) for d in dims.replace("x", ",").split(","))
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise click.BadParameter(f"{item!r}: use NAME=1,3,224,224", param_hint="--shape")
+    return shapes
+
+
+_SHAPE_OPTION = click.option("--shape", "shapes", multiple=True, metavar="NAME=1,3,224,224",
+                             help="concrete shape for an ONNX input with symbolic dims")
 
 
 class _Group(click.Group):
@@ -66,11 +85,13 @@ def backends() -> None:
 @click.argument("model")
 @click.option("--batch", type=int, default=1, show_default=True, help="batch size for FLOPs")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def summary(model: str, batch: int, as_json: bool) -> None:
-    """Per-layer table: output volume, activations, weights, biases, FLOPs."""
+@_SHAPE_OPTION
+def summary(model: str, batch: int, as_json: bool, shapes: tuple[str, ...]) -> None:
+    """Per-layer table of MODEL (built-in name or .onnx): volumes, activations, weights, FLOPs."""
     from cnncompiler.summary import summarize
 
-    s = summarize(_load(model, with_weights=False), batch=batch)
+    s = summarize(_load(model, with_weights=False, input_shapes=_parse_shapes(shapes)),
+                  batch=batch)
     click.echo(json.dumps(s.to_dict(), indent=2) if as_json else str(s))
 
 
@@ -96,12 +117,16 @@ def _parse_inputs(items: tuple[str, ...]) -> dict[str, np.ndarray]:
 @click.option("--input", "inputs", multiple=True, metavar="NAME=FILE.npy",
               help="feed an input from a .npy file instead of random data")
 @click.option("--top", type=int, default=5, show_default=True, help="how many top values")
+@click.option("--output", "output_path", type=click.Path(dir_okay=False),
+              help="save every output to this .npz file, keyed by output name")
+@_SHAPE_OPTION
 def run(model: str, backend: str, seed: int, batch: int, inputs: tuple[str, ...],
-        top: int) -> None:
-    """Compile MODEL and run it on a random (or given) input."""
+        top: int, output_path: str | None, shapes: tuple[str, ...]) -> None:
+    """Compile MODEL (built-in name or .onnx) and run it on a random (or given) input."""
     import cnncompiler
 
-    graph = _load(model, with_weights=True, batch=batch, seed=seed)
+    graph = _load(model, with_weights=True, batch=batch, seed=seed,
+                  input_shapes=_parse_shapes(shapes))
     cm = cnncompiler.compile(graph, backend=backend)
     feeds = _parse_inputs(inputs)
     rng = np.random.default_rng(seed)
@@ -115,6 +140,9 @@ def run(model: str, backend: str, seed: int, batch: int, inputs: tuple[str, ...]
     outs = result if isinstance(result, tuple) else (result,)
     click.echo(f"model {graph.name} on {backend}: compiled in {cm.compile_seconds:.2f} s, "
                f"ran in {elapsed * 1e3:.1f} ms")
+    if output_path:
+        np.savez(output_path, **dict(zip(cm.output_names, outs)))
+        click.echo(f"saved {len(outs)} output(s) to {output_path}")
     for name, y in zip(cm.output_names, outs):
         click.echo(f"output {name}: shape {list(y.shape)} dtype {y.dtype}")
         flat = y.reshape(y.shape[0], -1) if y.ndim > 1 else y.reshape(1, -1)

@@ -58,3 +58,38 @@ def test_errors_exit_nonzero_without_traceback(tmp_path):
 def test_backends_command():
     r = invoke("backends")
     assert r.exit_code == 0 and "reference" in r.output and "yes" in r.output
+
+
+def test_onnx_summary_run_and_output(tmp_path):
+    import onnx
+    from onnx_models import load_light
+
+    path = tmp_path / "squeezenet.onnx"
+    onnx.save(load_light("squeezenet"), str(path))
+    r = invoke("summary", str(path))
+    assert r.exit_code == 0 and "TOTAL params: 1,235,496" in r.output
+    x = tmp_path / "x.npy"
+    np.save(x, np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32))
+    out = tmp_path / "out.npz"
+    r = invoke("run", str(path), "--input", f"data_0={x}", "--output", str(out))
+    assert r.exit_code == 0, r.output
+    with np.load(out) as saved:
+        assert saved["softmaxout_1_1"].shape == (1, 1000, 1, 1)
+        np.testing.assert_allclose(saved["softmaxout_1_1"].sum(), 1.0, rtol=1e-5)
+
+
+def test_onnx_symbolic_dims_need_shape_option(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Relu", ["x"], ["y"])
+    m = helper.make_model(helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, "H", "W"])]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "dyn.onnx"
+    onnx.save(m, str(path))
+    r = invoke("run", str(path))
+    assert r.exit_code == 2 and "--shape x=1" in r.output
+    r = invoke("run", str(path), "--shape", "x=2,3,4,5")
+    assert r.exit_code == 0 and "shape [2, 3, 4, 5]" in r.output

@@ -101,3 +101,23 @@ def test_channel_mismatch_in_dsl():
 def test_calling_a_module_on_arrays_is_a_clear_error():
     with pytest.raises(ModelError, match="cnncompiler.compile"):
         nn.ReLU()(np.zeros(3))
+
+
+class Scaled(nn.Module):
+    input_shape = ("N", 3, 4, 4)
+
+    def __init__(self):
+        super().__init__()
+        self.gamma = nn.Parameter((3, 1, 1), "ones")
+
+    def forward(self, x):
+        return x * self.gamma + 1.0
+
+
+def test_arithmetic_with_parameters_and_numbers():
+    model = Scaled()
+    g = model.to_graph()
+    assert [n.op for n in g.nodes] == ["Mul", "Add"]
+    assert g.num_params() == 3
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype(np.float32)
+    np.testing.assert_allclose(cnncompiler.compile(g)(x), x + 1.0, rtol=1e-6)

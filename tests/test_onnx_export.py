@@ -3,8 +3,6 @@ the reference backend's outputs."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
@@ -373,21 +371,6 @@ def _manual_graph(op: str, attrs: dict) -> Graph:
     return _one_node_graph(op, attrs, (2, 5), (2, 5))
 
 
-def test_gelu_raises_the_opset():
-    graph = _manual_graph("Gelu", {"approximate": "none"})
-    model = to_onnx(graph)
-    assert model.opset_import[0].version == 20
-    onnx.checker.check_model(model, full_check=True)
-    x = random_input((2, 5))
-    try:
-        got = session(model).run(None, {"x": x})[0]
-    except Exception as e:  # pragma: no cover - onnxruntime without opset 20
-        pytest.skip(f"onnxruntime cannot run opset 20: {e}")
-    erf = np.vectorize(math.erf)
-    want = 0.5 * x * (1 + erf(x / math.sqrt(2)))
-    assert rel_err(got, want) < RTOL
-
-
 def test_opset_below_18_is_refused():
     with pytest.raises(UnsupportedError, match="opset"):
         to_onnx(_manual_graph("Relu", {}), opset=13)
@@ -428,48 +411,99 @@ def test_missing_weights_raise_model_error():
         to_onnx(graph)
 
 
-# ------------------------------------------- translations of ops the IR may not have yet
-X23 = np.arange(1, 7, dtype=np.float32).reshape(2, 3)
+# ------------------------------------------------- the other ops, one small graph per group
+def _i64(b: GraphBuilder, values) -> Value:
+    return b.const(np.asarray(values, np.int64), name="idx")
 
-ONE_NODE_CASES = {
-    "Cast": ({"to": "int64"}, (2, 3), "int64", X23.astype(np.int64)),
-    "Unsqueeze": ({"axes": (0, 3)}, (1, 2, 3, 1), "float32", X23[None, :, :, None]),
-    "Squeeze": ({"axes": (0,)}, (3,), "float32", X23[:1].reshape(3)),
-    "ReduceMean": ({"axes": (1,), "keepdims": 0}, (2,), "float32", X23.mean(axis=1)),
-    "ReduceSum": ({"axes": None, "keepdims": 1}, (1, 1), "float32", X23.sum(keepdims=True)),
-    "Slice": ({"starts": (0, 2), "ends": (2, 0), "axes": (0, 1), "steps": (1, -1)}, (2, 2),
-              "float32", X23[:, 2:0:-1]),
-    "Expand": ({"shape": (3, 2, 3)}, (3, 2, 3), "float32", np.broadcast_to(X23, (3, 2, 3))),
-    "Tile": ({"repeats": (2, 1)}, (4, 3), "float32", np.tile(X23, (2, 1))),
-    "Shape": ({"start": 1}, (1,), "int64", np.array([3])),
+
+def _pos(b: GraphBuilder, x: Value) -> Value:
+    return b.op("Add", b.op("Abs", x), b.const(np.float32(0.5)))
+
+
+OP_CASES = {
+    # name: (ops -> outputs, expected opset)
+    "cast_shape": (lambda b, x: [b.op("Cast", x, to="int64"), b.op("Cast", x, to="bool"),
+                                 b.op("Cast", b.op("Cast", x, to="float64"), to="float32"),
+                                 b.op("Shape", x, start=1, end=-1),
+                                 b.op("ConstantOfShape", shape=(2, 3), value=2.5),
+                                 b.op("ConstantOfShape", shape=(4,), value=3, dtype="int64")],
+                   18),
+    "squeeze": (lambda b, x: [b.op("Squeeze", b.op("Unsqueeze", x, axes=(0, -1)), axes=(0,)),
+                              b.op("Squeeze", b.op("Unsqueeze", x, axes=(2,)))], 18),
+    "reduce": (lambda b, x: [b.op("ReduceMean", x, axes=(1,), keepdims=False),
+                             b.op("ReduceSum", x), b.op("ReduceMax", x, axes=(-1, 2)),
+                             b.op("ReduceMin", x, axes=(0,)), b.op("ReduceL1", x, axes=(3,)),
+                             b.op("ReduceL2", x, axes=(1, 2), keepdims=False),
+                             b.op("ReduceLogSumExp", x, axes=(1,)),
+                             b.op("ReduceSumSquare", x, axes=(2,)),
+                             b.op("ReduceLogSum", _pos(b, x), axes=(1,)),
+                             b.op("ReduceProd", x, axes=(1,)),
+                             b.op("ArgMax", x, axis=1), b.op("ArgMin", x, axis=-1, keepdims=False)],
+               18),
+    "slice_expand_tile_gather": (
+        lambda b, x: [b.op("Slice", x, starts=(1, 0), ends=(3, 100), axes=(2, 3), steps=(1, 2)),
+                      b.op("Slice", x, starts=(-1,), ends=(-(2**31),), axes=(1,), steps=(-2,)),
+                      b.op("Slice", x, starts=(0, 1), ends=(1, 3)),
+                      b.op("Expand", b.op("ReduceMean", x, axes=(1,)), shape=(3, 2, 4, 1, 1)),
+                      b.op("Tile", x, repeats=(1, 2, 1, 3)),
+                      b.op("Gather", x, _i64(b, [3, 0, 3]), axis=1),
+                      b.op("Gather", x, _i64(b, [[-1, 0], [1, 1]]), axis=-1)], 18),
+    "math": (lambda b, x: [
+        b.op("Exp", x), b.op("Log", _pos(b, x)), b.op("Sqrt", _pos(b, x)),
+        b.op("Reciprocal", _pos(b, x)), b.op("Floor", x), b.op("Ceil", x), b.op("Erf", x),
+        b.op("Neg", x), b.op("Softplus", x), b.op("Softsign", x), b.op("Elu", x, alpha=0.7),
+        b.op("Selu", x), b.op("Celu", x, alpha=1.3), b.op("ThresholdedRelu", x, alpha=0.2),
+        b.op("Mish", x), b.op("Pow", _pos(b, x), b.const(np.float32(1.7))),
+        b.op("Max", x, b.const(np.float32(0.1)), b.op("Neg", x)),
+        b.op("Min", x, b.const(np.zeros((4, 1, 6), np.float32))),
+        b.op("Sum", x, x, b.const(np.float32(1.0))), b.op("Mean", x, b.op("Exp", x)),
+        b.op("Where", b.op("Greater", x, b.const(np.float32(0.0))), x, b.op("Neg", x)),
+        b.op("Not", b.op("Less", x, b.const(np.float32(0.3)))),
+        b.op("Equal", b.op("Cast", x, to="int64"), b.const(np.int64(0))),
+        b.op("GlobalMaxPool", x), b.op("Identity", x), b.op("MatMul", x, b.op("Transpose", x,
+                                                                               perm=(0, 1, 3, 2)))],
+        18),
+    "gelu": (lambda b, x: [b.op("Gelu", x), b.op("Gelu", x, approximate="tanh")], 20),
+    "swish": (lambda b, x: [b.op("Swish", x), b.op("Swish", x, alpha=1.5)], 24),
+    "depth_space": (lambda b, x: [b.op("DepthToSpace", x, blocksize=2),
+                                  b.op("DepthToSpace", x, blocksize=2, mode="CRD"),
+                                  b.op("SpaceToDepth", x, blocksize=2)], 18),
+    "space_to_depth_crd": (lambda b, x: [b.op("SpaceToDepth", x, blocksize=2, mode="CRD")], 28),
 }
 
 
-@pytest.mark.parametrize("op", sorted(ONE_NODE_CASES))
-def test_attribute_to_input_translations(op):
-    attrs, out_shape, out_dtype, want = ONE_NODE_CASES[op]
-    in_shape = (1, 3) if op == "Squeeze" else (2, 3)
-    graph = _one_node_graph(op, attrs, in_shape, out_shape, out_dtype)
-    model = to_onnx(graph)
-    onnx.checker.check_model(model, full_check=True)
-    x = X23[:1] if op == "Squeeze" else X23
-    got = session(model).run(None, {"x": x})[0]
-    assert got.dtype == want.dtype and got.shape == want.shape
-    np.testing.assert_array_equal(got, want)
+@pytest.mark.parametrize("case", sorted(OP_CASES))
+def test_op_group_matches_reference(case):
+    build, opset = OP_CASES[case]
+    b = GraphBuilder(case)
+    x = b.input("x", (2, 4, 4, 6))
+    model = check_against_reference(b.build(build(b, x)))
+    assert model.opset_import[0].version == opset
 
 
-def test_constant_of_shape_translation():
-    x = Value("x", TensorType((3,)), ValueKind.INPUT)
-    fill = Node("ConstantOfShape", [], [], {"shape": (2, 3), "value": 7.0}, name="fill")
-    c = Value("c", TensorType((2, 3)), ValueKind.INTERMEDIATE, fill)
-    fill.outputs.append(c)
-    add = Node("Add", [x, c], [], {}, name="add")
-    y = Value("y", TensorType((2, 3)), ValueKind.INTERMEDIATE, add)
-    add.outputs.append(y)
-    model = to_onnx(Graph("fill", [x], [y], [fill, add], {}))
-    onnx.checker.check_model(model, full_check=True)
-    got = session(model).run(None, {"x": np.array([1.0, 2.0, 3.0], np.float32)})[0]
-    np.testing.assert_array_equal(got, np.array([[8.0, 9.0, 10.0]] * 2, np.float32))
+def test_attribute_to_input_translations():
+    b = GraphBuilder("inputs")
+    x = b.input("x", (2, 4, 4, 6))
+    outs = [b.op("Slice", x, name="slice", starts=(1,), ends=(3,), axes=(2,)),
+            b.op("ReduceSum", x, name="reduce_all"),
+            b.op("ConstantOfShape", name="fill", shape=(2, 3), value=2.0, dtype="int64"),
+            b.op("Cast", x, name="cast", to="float64")]
+    model = to_onnx(b.build(outs))
+    nodes = {n.name: n for n in model.graph.node}
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    assert [inits[i].tolist() for i in nodes["slice"].input[1:]] == [[1], [3], [2]]
+    assert list(nodes["reduce_all"].input) == ["x"]
+    (fill_shape,) = nodes["fill"].input
+    assert inits[fill_shape].tolist() == [2, 3]
+    assert [a.name for a in nodes["fill"].attribute] == ["value"]  # no IR `dtype`
+    value = onnx.numpy_helper.to_array(nodes["fill"].attribute[0].t)
+    assert value.dtype == np.int64 and value.tolist() == [2]
+    assert nodes["cast"].attribute[0].i == onnx.TensorProto.DOUBLE
+
+
+def test_every_registered_op_has_a_translation():
+    missing = sorted(set(registry.all_ops()) - set(exporter.TRANSLATIONS))
+    assert not missing, f"ops the ONNX exporter cannot translate: {missing}"
 
 
 @pytest.mark.parametrize("case", ["pad_wrap", "resize_half_pixel_symmetric"])

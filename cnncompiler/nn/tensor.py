@@ -97,7 +97,10 @@ class Tensor:
         return len(self.shape)
 
     def _const(self, other: Any) -> Any:
-        if isinstance(other, Tensor):
+        """Tensors and Parameters as they are; Python numbers as constants of our dtype."""
+        from cnncompiler.nn.module import Parameter
+
+        if isinstance(other, (Tensor, Parameter)):
             return other
         return np.asarray(other, dtype=self.dtype.numpy)
 

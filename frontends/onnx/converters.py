@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 
 from cnncompiler.frontends.onnx.importer import ONNX_DTYPES, NodeContext, is_symbolic
+from cnncompiler.ir.types import DType
 
 Converter = Callable[[NodeContext], list]
 CONVERTERS: dict[str, Converter] = {}
@@ -115,7 +116,15 @@ def dropout(ctx: NodeContext) -> list:
         training = ctx.known(2)
         if training is None or bool(np.asarray(training).ravel()[0]):
             raise ctx.unsupported("training_mode must be a constant false at inference")
-    return _passthrough(ctx)
+    out = _passthrough(ctx)
+    if len(ctx.node.output) > 1 and ctx.node.output[1] in ctx.importer.used:
+        # at inference nothing is dropped: the mask is all true (ones of T before opset 10)
+        x = ctx.type(0)
+        if not x.is_static:
+            raise ctx.unsupported("the mask output of a tensor with a symbolic dim; give "
+                                  "batch=...")
+        out.append(np.ones(x.shape, np.bool_ if ctx.opset >= 10 else x.dtype.numpy))
+    return out
 
 
 @converts("Clip")
@@ -277,8 +286,8 @@ def squeeze(ctx: NodeContext) -> list:
     return ctx.emit(ctx.op_type, [0], dict(axes=_axes(ctx, 13)))
 
 
-@converts("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL2",
-          "ReduceSumSquare", "ReduceLogSumExp")
+@converts("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
+          "ReduceL2", "ReduceLogSum", "ReduceSumSquare", "ReduceLogSumExp")
 def reduce(ctx: NodeContext) -> list:
     since = 13 if ctx.op_type == "ReduceSum" else 18
     return ctx.emit(ctx.op_type, [0], dict(axes=_axes(ctx, since),
@@ -353,6 +362,16 @@ def cast(ctx: NodeContext) -> list:
     dtype = ONNX_DTYPES.get(to)
     if dtype is None:
         raise ctx.unsupported(f"Cast to {onnx.TensorProto.DataType.Name(to)} is not supported")
+    return _cast(ctx, dtype)
+
+
+@converts("CastLike")
+def cast_like(ctx: NodeContext) -> list:
+    """Cast to the element type of input 1 (only its type is read)."""
+    return _cast(ctx, ctx.type(1).dtype)
+
+
+def _cast(ctx: NodeContext, dtype: DType) -> list:
     x = ctx.known(0)
     if x is not None and is_symbolic(x) and dtype.value == "int64":
         return [x]

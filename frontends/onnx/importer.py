@@ -292,7 +292,7 @@ class OnnxImporter:
                 raise FrontendError(
                     f"graph input {vi.name!r} has shape {list(shape)}: only the first (batch) "
                     "dim may be symbolic; pass concrete shapes with "
-                    f"input_shapes={{{vi.name!r}: (N, ...)}}")
+                    f"input_shapes={{{vi.name!r}: (1, ...)}} (cnnc: --shape {vi.name}=1,...)")
             if symbolic and shape[0] == "?":
                 shape = ("N", *shape[1:])
         if self.batch is not None and shape and isinstance(shape[0], str):
