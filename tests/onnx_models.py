@@ -30,18 +30,22 @@ def random_weight(shape: tuple, uses: list[tuple[onnx.NodeProto, int]],
     op = node.op_type if node is not None else ""
     if op in ("Conv", "ConvTranspose") and slot == 1:
         fan_in = math.prod(shape[1:])
-        return rng.standard_normal(shape) * math.sqrt(2.0 / fan_in)
+        return normal(rng, shape, math.sqrt(2.0 / fan_in))
     if op == "Gemm" and slot == 1:
         trans_b = any(a.name == "transB" and a.i for a in node.attribute)
         fan_in = shape[1] if trans_b else shape[0]
-        return rng.standard_normal(shape) * math.sqrt(2.0 / fan_in)
+        return normal(rng, shape, math.sqrt(2.0 / fan_in))
     if op == "BatchNormalization":
         if slot in (1, 4):          # scale, variance
-            return rng.uniform(0.5, 1.5, shape)
-        return rng.standard_normal(shape) * 0.1
+            return rng.uniform(0.5, 1.5, shape).astype(np.float32)
+        return normal(rng, shape, 0.1)
     if op == "Mul":
-        return rng.uniform(0.5, 1.5, shape)
-    return rng.standard_normal(shape) * 0.1
+        return rng.uniform(0.5, 1.5, shape).astype(np.float32)
+    return normal(rng, shape, 0.1)
+
+
+def normal(rng: np.random.Generator, shape: tuple, std: float) -> np.ndarray:
+    return rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
 
 
 def with_random_weights(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
@@ -55,7 +59,7 @@ def with_random_weights(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProt
     for node in model.graph.node:
         if node.op_type == "ConstantOfShape" and node.input[0] in inits:
             shape = tuple(int(d) for d in inits[node.input[0]])
-            value = random_weight(shape, uses.get(node.output[0], []), rng).astype(np.float32)
+            value = random_weight(shape, uses.get(node.output[0], []), rng)
             model.graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
             if model.ir_version < 4:  # IR v3 lists every initializer among the graph inputs
                 model.graph.input.append(helper.make_tensor_value_info(
@@ -64,6 +68,11 @@ def with_random_weights(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProt
             keep.append(node)
     del model.graph.node[:]
     model.graph.node.extend(keep)
+    used = {name for node in keep for name in node.input}
+    for collection in (model.graph.initializer, model.graph.input):
+        stale = [t for t in collection if t.name.endswith("__SHAPE") and t.name not in used]
+        for t in stale:
+            collection.remove(t)
     return model
 
 
@@ -86,7 +95,7 @@ def expose_inputs_of(model: onnx.ModelProto, op_type: str) -> onnx.ModelProto:
 
 def load_light(name: str, seed: int = 0) -> onnx.ModelProto:
     model = onnx.load(str(LIGHT_DIR / f"light_{name}.onnx"))
-    return expose_inputs_of(with_random_weights(model, seed), "Softmax")
+    return with_random_weights(expose_inputs_of(model, "Softmax"), seed)
 
 
 def real_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
