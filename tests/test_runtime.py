@@ -99,3 +99,16 @@ def test_unavailable_backend_reports_why(monkeypatch):
     assert "lacks" in available()["broken"].reason
     with pytest.raises(BackendUnavailableError, match="lacks"):
         get_backend("broken")
+
+
+def test_batch_can_be_pinned():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 2))
+    dynamic = cnncompiler.compile(net, input_shape=("N", 3, 4, 4))
+    pinned = cnncompiler.compile(net, input_shape=("N", 3, 4, 4), batch=2)
+    assert pinned.graph.inputs[0].shape == (2, 3, 4, 4)
+    assert pinned.graph.outputs[0].shape == (2, 2)
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype(np.float32)
+    np.testing.assert_array_equal(pinned(x), dynamic(x))
+    with pytest.raises(InputError, match="dimension 0: 3 != 2"):
+        pinned(np.ones((3, 3, 4, 4), np.float32))
+    assert dynamic(np.ones((5, 3, 4, 4), np.float32)).shape == (5, 2)
