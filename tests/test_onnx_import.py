@@ -220,3 +220,70 @@ def test_runtime_computed_shape_operand_is_a_clear_error():
                    [helper.make_tensor_value_info("y", F, ["a", "b"])])
     with pytest.raises(UnsupportedError, match="reshape_dyn.*must be a constant"):
         load(m)
+
+
+@pytest.mark.parametrize("op", ["ReduceL1", "ReduceLogSum"])
+def test_reduce_axes_input_opset18(op):
+    axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
+    node = helper.make_node(op, ["x", "axes"], ["y"], keepdims=0)
+    m = make_model([node], [helper.make_tensor_value_info("x", F, [2, 3, 4])],
+                   [helper.make_tensor_value_info("y", F, [2, 4])], [axes], opset=18)
+    assert [(n.op, n.attrs["axes"]) for n in load(m).nodes] == [(op, (1,))]
+    run_both(m, x=np.random.default_rng(0).uniform(0.5, 2, (2, 3, 4)).astype(np.float32))
+
+
+def test_cast_like_takes_the_element_type_of_its_second_input():
+    node = helper.make_node("CastLike", ["x", "like"], ["y"])
+    m = make_model([node], [helper.make_tensor_value_info("x", F, [2, 3]),
+                            helper.make_tensor_value_info("like", TensorProto.DOUBLE, [1])],
+                   [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [2, 3])], opset=15)
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    y = cnncompiler.compile(load(m))(x=x, like=np.zeros(1))
+    assert y.dtype == np.float64 and np.array_equal(y, x.astype(np.float64))
+
+
+@pytest.mark.parametrize("opset", [9, 13])
+def test_dropout_mask_output_is_all_true_at_inference(opset):
+    node = helper.make_node("Dropout", ["x"], ["y", "mask"])
+    mask_type = TensorProto.BOOL if opset >= 10 else F
+    m = make_model([node], [helper.make_tensor_value_info("x", F, [2, 3])],
+                   [helper.make_tensor_value_info("y", F, [2, 3]),
+                    helper.make_tensor_value_info("mask", mask_type, [2, 3])], opset=opset)
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    y, mask = cnncompiler.compile(load(m))(x=x)
+    assert np.array_equal(y, x)
+    assert mask.dtype == (np.bool_ if opset >= 10 else np.float32) and mask.shape == (2, 3)
+    assert np.all(mask == 1)
+    with pytest.raises(UnsupportedError, match="mask output"):
+        load(make_model([node], [helper.make_tensor_value_info("x", F, ["N", 3])],
+                        [helper.make_tensor_value_info("y", F, ["N", 3]),
+                         helper.make_tensor_value_info("mask", mask_type, ["N", 3])],
+                        opset=opset))
+
+
+@pytest.mark.parametrize("shape", [[1, 1, 5], [1, 1, 3, 4, 5]])
+def test_conv_transpose_other_than_2d_is_unsupported(shape):
+    w = numpy_helper.from_array(np.ones([1, 2, *[3] * (len(shape) - 2)], np.float32), "w")
+    node = helper.make_node("ConvTranspose", ["x", "w"], ["y"])
+    out = [1, 2, *(d + 2 for d in shape[2:])]
+    m = make_model([node], [helper.make_tensor_value_info("x", F, shape)],
+                   [helper.make_tensor_value_info("y", F, out)], [w])
+    with pytest.raises(UnsupportedError, match="only 2-D"):
+        load(m)
+
+
+def test_squeeze_without_axes_keeps_the_symbolic_batch():
+    node = helper.make_node("Squeeze", ["x"], ["y"])
+    m = make_model([node], [helper.make_tensor_value_info("x", F, ["N", 1, 5, 1])],
+                   [helper.make_tensor_value_info("y", F, ["N", 5])])
+    g = load(m)
+    assert g.outputs[0].shape == ("N", 5)
+    x = np.random.default_rng(0).standard_normal((3, 1, 5, 1)).astype(np.float32)
+    np.testing.assert_array_equal(cnncompiler.compile(g)(x), x.reshape(3, 5))
+
+
+def test_zero_size_input_dim_is_a_clear_error():
+    m = conv_model()
+    m.graph.input[0].type.tensor_type.shape.dim[2].dim_value = 0
+    with pytest.raises(CnnCompilerError, match="zero-size|invalid"):
+        load(m)

@@ -2,7 +2,8 @@
 
 Semantics live in the OpDefs; this module only translates syntax that changed across opsets:
 operands that became inputs (Clip min/max, Pad pads, Split split, axes, Resize scales),
-``auto_pad``, ``ceil_mode`` (our ``rounding``), pre-13 Softmax's 2-D coercion, Upsample.
+``auto_pad``, ``ceil_mode`` (our ``rounding``), pre-13 Softmax's 2-D coercion, Upsample,
+CastLike, Dropout's inference mask.
 Ops not listed here map one to one (``importer.default_converter``).
 """
 
@@ -13,7 +14,12 @@ from collections.abc import Callable
 import numpy as np
 import onnx
 
-from cnncompiler.frontends.onnx.importer import ONNX_DTYPES, NodeContext, is_symbolic
+from cnncompiler.frontends.onnx.importer import (
+    ONNX_DTYPES,
+    NodeContext,
+    default_converter,
+    is_symbolic,
+)
 from cnncompiler.ir.types import DType
 
 Converter = Callable[[NodeContext], list]
@@ -72,6 +78,12 @@ def conv(ctx: NodeContext) -> list:
     kernel = list(ctx.attr("kernel_shape") or ctx.type(1).shape[2:])
     attrs = _window_attrs(ctx, kernel)
     return ctx.emit("Conv", [0, 1, 2], dict(attrs, group=ctx.attr("group", 1), rounding="floor"))
+
+
+@converts("ConvTranspose")
+def conv_transpose(ctx: NodeContext) -> list:
+    _spatial(ctx)
+    return default_converter(ctx)
 
 
 @converts("MaxPool", "AveragePool")
@@ -283,7 +295,10 @@ def _axes(ctx: NodeContext, since: int) -> list[int] | None:
 
 @converts("Squeeze", "Unsqueeze")
 def squeeze(ctx: NodeContext) -> list:
-    return ctx.emit(ctx.op_type, [0], dict(axes=_axes(ctx, 13)))
+    axes = _axes(ctx, 13)
+    if axes is None and ctx.op_type == "Squeeze":  # all size-1 dims, never the symbolic batch
+        axes = [i for i, d in enumerate(ctx.type(0).shape) if d == 1]
+    return ctx.emit(ctx.op_type, [0], dict(axes=axes))
 
 
 @converts("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",

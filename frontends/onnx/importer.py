@@ -284,7 +284,10 @@ class OnnxImporter:
             if not t.HasField("shape"):
                 raise FrontendError(f"graph input {vi.name!r} has no shape; pass "
                                     f"input_shapes={{{vi.name!r}: (...)}}")
-            # dim_param, or a missing/non-positive dim_value (exporters write -1), is symbolic
+            if any(d.HasField("dim_value") and d.dim_value == 0 for d in t.shape.dim):
+                raise UnsupportedError(f"graph input {vi.name!r} has a zero-size dim; empty "
+                                       "tensors are not supported")
+            # dim_param, or a missing/negative dim_value (exporters write -1), is symbolic
             shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0
                           else (d.dim_param or "?") for d in t.shape.dim)
             symbolic = [i for i, d in enumerate(shape) if isinstance(d, str)]
