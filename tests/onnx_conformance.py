@@ -382,7 +382,7 @@ def op_family(op: str) -> str:
     opdef = all_ops().get(op)
     if opdef is None:
         return "importer" if op in CONVERTERS else "composite"
-    return getattr(opdef.reference, "__module__", "").rpartition(".")[2] or "?"
+    return opdef.module.rpartition(".")[2] or "?"
 
 
 def coverage_markdown(results: dict[str, dict[str, str]]) -> str:

@@ -259,8 +259,8 @@ def test_split_without_sizes_exports_num_outputs():
 
 
 def test_conv_transpose_output_size_becomes_explicit_pads():
-    # odd crop totals: onnxruntime would split them differently from the IR, so the exporter
-    # writes the IR's pads; a negative total (output larger) becomes output_padding
+    # the exporter writes the IR's resolved pads (odd totals start-heavy, as onnxruntime);
+    # a negative total (output larger) becomes output_padding
     b = GraphBuilder("deconv")
     x = b.input("x", (1, 2, 4, 5))
     w = b.param("w", random_input((2, 3, 3, 3), 3))
@@ -271,7 +271,7 @@ def test_conv_transpose_output_size_becomes_explicit_pads():
     model = check_against_reference(b.build(outs))
     attrs = {n.name: {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
              for n in model.graph.node}
-    assert attrs["crop"]["pads"] == [0, 0, 1, 1] and "output_shape" not in attrs["crop"]
+    assert attrs["crop"]["pads"] == [1, 1, 0, 0] and "output_shape" not in attrs["crop"]
     assert attrs["grow"]["output_padding"] == [1, 1] and attrs["grow"]["pads"] == [0] * 4
     assert attrs["upper"]["pads"] == [0, 0, 1, 1] and "auto_pad" not in attrs["upper"]
     assert attrs["lower"]["pads"] == [1, 1, 0, 0]

@@ -287,3 +287,15 @@ def test_zero_size_input_dim_is_a_clear_error():
     m.graph.input[0].type.tensor_type.shape.dim[2].dim_value = 0
     with pytest.raises(CnnCompilerError, match="zero-size|invalid"):
         load(m)
+
+
+@pytest.mark.parametrize("out_shape,strides", [([10, 8], [2, 2]), ([11, 10], [3, 2])])
+def test_conv_transpose_output_shape_splits_pads_as_onnxruntime(out_shape, strides):
+    """An odd total padding puts the extra row at the start (onnxruntime, ONNX spec)."""
+    w = numpy_helper.from_array(
+        np.random.default_rng(0).standard_normal((2, 3, 3, 3)).astype(np.float32), "w")
+    node = helper.make_node("ConvTranspose", ["x", "w"], ["y"], strides=strides,
+                            output_shape=out_shape)
+    m = make_model([node], [helper.make_tensor_value_info("x", F, [1, 2, 4, 4])],
+                   [helper.make_tensor_value_info("y", F, [1, 3, *out_shape])], [w])
+    run_both(m, x=np.random.default_rng(1).standard_normal((1, 2, 4, 4)).astype(np.float32))

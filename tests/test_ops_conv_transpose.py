@@ -114,7 +114,7 @@ def test_output_shape_larger_than_natural_extends_the_end():
 
 
 @pytest.mark.parametrize("out_hw,auto_pad,pads", [
-    ((7, 7), "NOTSET", (1, 1, 2, 1)),       # totals (3, 2): begin = total // 2
+    ((7, 7), "NOTSET", (2, 1, 1, 1)),       # totals (3, 2): begin = total - total // 2 (ORT)
     ((7, 7), "SAME_UPPER", (1, 1, 2, 1)),
     ((7, 7), "SAME_LOWER", (2, 1, 1, 1)),
     ((10, 9), "NOTSET", (0, 0, 0, 0)),      # the natural size

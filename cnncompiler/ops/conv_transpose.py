@@ -7,9 +7,10 @@ X [N, C, H, W], W [C, K/group, F_h, F_w], optional B [K] -> Y [N, K, H2, W2] wit
     H2 = S*(H - 1) + output_padding + (F - 1)*D + 1 - P_top - P_bottom
 
 ``output_shape`` (or ``auto_pad`` SAME_*) fixes H2 instead and the pads follow from it:
-total = S*(H - 1) + output_padding + (F - 1)*D + 1 - H2, split as onnxruntime does (begin =
-total//2 for NOTSET, the end getting the rest, a negative total extending the end) and as the
-ONNX spec says for SAME_UPPER (begin = total//2) and SAME_LOWER (begin = total - total//2).
+total = S*(H - 1) + output_padding + (F - 1)*D + 1 - H2, split as onnxruntime does for NOTSET
+(begin = total - total//2, the end getting the rest; a negative total extends the end, as the
+ONNX test convtranspose_output_shape expects) and as the ONNX spec says for SAME_UPPER
+(begin = total//2) and SAME_LOWER (begin = total - total//2).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def _split_total(total: int, auto_pad: str) -> tuple[int, int]:
     elif auto_pad == "SAME_LOWER":
         begin = total - total // 2
     else:
-        begin = max(total, 0) // 2
+        positive = max(total, 0)
+        begin = positive - positive // 2
     return begin, total - begin
 
 

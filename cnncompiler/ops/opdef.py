@@ -227,6 +227,7 @@ class OpDef:
     variadic_outputs: bool = False
     grad: Callable | None = None
     view: bool = False
+    module: str = ""  # where it is defined (set by ``register``), e.g. "cnncompiler.ops.conv"
 
     def __post_init__(self) -> None:
         self._attr_index = {a.name: a for a in self.attrs}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,8 +17,17 @@ _OPS: dict[str, OpDef] = {}
 def register(opdef: OpDef) -> OpDef:
     if opdef.name in _OPS:
         raise ValueError(f"op {opdef.name} is defined twice")
+    opdef.module = _defining_module()
     _OPS[opdef.name] = opdef
     return opdef
+
+
+def _defining_module() -> str:
+    """The module whose top-level code registers the op (through helpers such as ``unary``)."""
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_code.co_name != "<module>":
+        frame = frame.f_back
+    return frame.f_globals.get("__name__", "") if frame is not None else ""
 
 
 def get_op(name: str) -> OpDef:
