@@ -5,6 +5,7 @@ from cnncompiler.ops import (  # noqa: F401  (importing a module registers its o
     broadcast,
     conv,
     conv_transpose,
+    fused,
     linear,
     math_ops,
     normalization,

@@ -76,8 +76,16 @@ def _seq(conv: Callable[[Any], Any]) -> Callable[[Any], tuple]:
     return convert
 
 
+def _as_graph(x: Any) -> Any:
+    from cnncompiler.ir.graph import Graph
+
+    if not isinstance(x, Graph):
+        raise TypeError("expected a Graph")
+    return x
+
+
 _KINDS.update(int=_as_int, float=_as_float, bool=_as_bool, str=_as_str,
-              ints=_seq(_as_int), floats=_seq(_as_float))
+              ints=_seq(_as_int), floats=_seq(_as_float), graph=_as_graph)
 
 
 @dataclass(frozen=True)
