@@ -85,14 +85,81 @@ def backends() -> None:
 @click.argument("model")
 @click.option("--batch", type=int, default=1, show_default=True, help="batch size for FLOPs")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.option("--plan", "with_plan", is_flag=True,
+              help="also plan the activation memory of the optimised graph (batch --batch)")
 @_SHAPE_OPTION
-def summary(model: str, batch: int, as_json: bool, shapes: tuple[str, ...]) -> None:
+def summary(model: str, batch: int, as_json: bool, with_plan: bool,
+            shapes: tuple[str, ...]) -> None:
     """Per-layer table of MODEL (built-in name or .onnx): volumes, activations, weights, FLOPs."""
     from cnncompiler.summary import summarize
 
-    s = summarize(_load(model, with_weights=False, input_shapes=_parse_shapes(shapes)),
-                  batch=batch)
-    click.echo(json.dumps(s.to_dict(), indent=2) if as_json else str(s))
+    graph = _load(model, with_weights=False, input_shapes=_parse_shapes(shapes))
+    s = summarize(graph, batch=batch)
+    plan = None
+    if with_plan:
+        from cnncompiler.passes import PassManager
+        from cnncompiler.passes.memory import plan_memory
+
+        plan = plan_memory(PassManager(2).run(graph), batch=batch)
+    if as_json:
+        out = s.to_dict()
+        if plan is not None:
+            out["memory_plan"] = plan.to_dict()
+        click.echo(json.dumps(out, indent=2))
+    else:
+        click.echo(str(s))
+        if plan is not None:
+            click.echo("")
+            click.echo(plan.describe())
+
+
+@main.command("compile")
+@click.argument("model")
+@click.option("--backend", default="reference", show_default=True)
+@click.option("--opt-level", type=click.IntRange(0, 2), default=2, show_default=True)
+@click.option("--disable", "disabled", multiple=True, metavar="PASS", help="skip a pass")
+@click.option("--explain", is_flag=True, help="what each pass did, in order, and the plan")
+@click.option("--dump-ir", "dump", metavar="after:PASS|final",
+              help="print the IR after a named pass (or the final IR)")
+@click.option("--dot", "dot_path", type=click.Path(dir_okay=False),
+              help="write the dumped (or final) IR as a Graphviz DOT file")
+@click.option("--batch", type=int, default=None, help="pin the symbolic batch")
+@_SHAPE_OPTION
+def compile_command(model: str, backend: str, opt_level: int, disabled: tuple[str, ...],
+                    explain: bool, dump: str | None, dot_path: str | None, batch: int | None,
+                    shapes: tuple[str, ...]) -> None:
+    """Compile MODEL through the pass pipeline for a backend."""
+    import cnncompiler
+
+    keep = []
+    if dump and dump != "final":
+        stage, _, pass_name = dump.partition(":")
+        if stage != "after" or not pass_name:
+            raise click.BadParameter(f"{dump!r}: use after:PASS or final", param_hint="--dump-ir")
+        keep.append(pass_name)
+    graph = _load(model, with_weights=True, batch=batch, input_shapes=_parse_shapes(shapes))
+    cm = cnncompiler.compile(graph, backend=backend, opt_level=opt_level,
+                             disable_passes=disabled, keep_snapshots=keep)
+    chosen = cm.graph
+    if keep:
+        if keep[0] not in cm.passes.snapshots:
+            ran = [r.name for r in cm.passes.records]
+            raise click.BadParameter(f"pass {keep[0]!r} did not run; ran: {ran}",
+                                     param_hint="--dump-ir")
+        chosen = cm.passes.snapshots[keep[0]]
+    if dump:
+        click.echo(chosen.dump())
+    if dot_path:
+        chosen.to_dot(dot_path)
+        click.echo(f"wrote {dot_path}")
+    if explain:
+        from cnncompiler.passes.memory import plan_memory
+
+        click.echo(cm.explain())
+        click.echo(f"kernels: {len(cm.source.nodes)} nodes in, {len(cm.graph.nodes)} kernels out")
+        click.echo(plan_memory(cm.graph, batch=batch or 1).describe())
+    click.echo(f"compiled {cm.graph.name} for {backend} at opt_level {opt_level} in "
+               f"{cm.compile_seconds:.2f} s: {len(cm.graph.nodes)} kernels")
 
 
 def _parse_inputs(items: tuple[str, ...]) -> dict[str, np.ndarray]:

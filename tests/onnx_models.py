@@ -114,6 +114,21 @@ def run_onnxruntime(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> lis
     return session.run(None, feeds)
 
 
+def check_passes_preserve_numerics(graph, feeds: dict[str, np.ndarray], tol: float = 1e-5
+                                   ) -> float:
+    """opt_level=2 against opt_level=0 in float64 on the reference backend; returns the error."""
+    from cnncompiler.backends.reference import evaluate
+    from cnncompiler.passes import PassManager
+
+    optimised = PassManager(2, verify=True).run(graph)
+    worst = 0.0
+    for a, b in zip(evaluate(graph, feeds), evaluate(optimised, feeds)):
+        err = float(np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-300))
+        assert err < tol, f"optimisation changed the result by {err:.3g}"
+        worst = max(worst, err)
+    return worst
+
+
 def make_model(nodes, inputs, outputs, initializers=(), opset: int = 17) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "test", inputs, outputs, list(initializers))
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])

@@ -93,3 +93,25 @@ def test_onnx_symbolic_dims_need_shape_option(tmp_path):
     assert r.exit_code == 2 and "--shape x=1" in r.output
     r = invoke("run", str(path), "--shape", "x=2,3,4,5")
     assert r.exit_code == 0 and "shape [2, 3, 4, 5]" in r.output
+
+
+def test_compile_explain_and_dump():
+    r = invoke("compile", "resnet18", "--explain")
+    assert r.exit_code == 0, r.output
+    assert ("layer1.0.conv2 + layer1.0.bn2 + layer1.0.add + layer1.0.relu2 -> "
+            "fused_layer1.0.conv2") in r.output or "-> fused_layer1.0.conv2" in r.output
+    assert "kernels:" in r.output
+    r = invoke("compile", "lenet5", "--dump-ir", "after:fuse")
+    assert r.exit_code == 0 and "Fused(" in r.output and "body(" in r.output
+    r = invoke("compile", "lenet5", "--opt-level", "0", "--dump-ir", "final")
+    assert r.exit_code == 0 and "Fused(" not in r.output
+
+
+def test_compile_dot_and_errors(tmp_path):
+    dot = tmp_path / "g.dot"
+    r = invoke("compile", "lenet5", "--dot", str(dot))
+    assert r.exit_code == 0 and dot.read_text().startswith("digraph")
+    r = invoke("compile", "lenet5", "--disable", "nosuchpass")
+    assert r.exit_code == 2 and "unknown pass" in r.output
+    r = invoke("compile", "lenet5", "--dump-ir", "before:fuse")
+    assert r.exit_code != 0 and "after:PASS" in r.output

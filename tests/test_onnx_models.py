@@ -5,7 +5,13 @@ import pytest
 from helpers import rel_err
 
 ort = pytest.importorskip("onnxruntime")
-from onnx_models import LIGHT_MODELS, load_light, real_inputs, run_onnxruntime  # noqa: E402
+from onnx_models import (  # noqa: E402
+    LIGHT_MODELS,
+    check_passes_preserve_numerics,
+    load_light,
+    real_inputs,
+    run_onnxruntime,
+)
 
 import cnncompiler  # noqa: E402
 from cnncompiler.frontends.onnx import load  # noqa: E402
@@ -28,3 +34,5 @@ def test_light_model_matches_onnxruntime(name):
         err = rel_err(g, e)
         print(f"{name}: max relative error {err:.2e}")
         assert err < 1e-4, f"{name}: relative error {err:.3g}"
+    err = check_passes_preserve_numerics(graph, feeds)
+    print(f"{name}: opt_level 2 vs 0 (float64) {err:.2e}")

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 from helpers import rel_err
-from onnx_models import expose_inputs_of, run_onnxruntime
+from onnx_models import check_passes_preserve_numerics, expose_inputs_of, run_onnxruntime
 
 import cnncompiler
 from cnncompiler.frontends.onnx import load
@@ -46,6 +46,7 @@ def compare(path: str, x: np.ndarray, final_op: str) -> list[float]:
     for g, e in zip(got, expected):
         assert g.shape == e.shape
     np.testing.assert_allclose(got[0], expected[0], atol=2e-5, rtol=0)  # probabilities
+    check_passes_preserve_numerics(graph, {"x": x})
     return [rel_err(g, e) for g, e in zip(got, expected)]
 
 

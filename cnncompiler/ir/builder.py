@@ -37,6 +37,9 @@ class GraphBuilder:
         taken.add(name)
         return name
 
+    def is_taken(self, name: str, space: str = "value") -> bool:
+        return name in self._taken[space]
+
     def _claim(self, name: str) -> str:
         if name in self._taken["value"]:
             raise GraphError(f"the name {name!r} is already used in graph {self.name!r}")

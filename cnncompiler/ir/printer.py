@@ -21,6 +21,27 @@ def _fmt_attr(v) -> str:
     return str(v)
 
 
+def _node_lines(nodes, indent: str) -> list[str]:
+    """One line per node; a node holding a graph (``Fused``) lists its members beneath."""
+    from cnncompiler.ir.graph import Graph
+
+    lines = []
+    for n in nodes:
+        outs = ", ".join(f"%{v.name}: {v.type}" for v in n.outputs)
+        args = ", ".join("_" if v is None else f"%{v.name}" for v in n.inputs)
+        attrs = ", ".join(f"{k}={_fmt_attr(v)}" for k, v in n.attrs.items()
+                          if v is not None and not isinstance(v, Graph))
+        lines.append(f"{indent}{outs} = {n.op}({args})" + (f" {{{attrs}}}" if attrs else "")
+                     + f"  # {n.name}")
+        for k, v in n.attrs.items():
+            if isinstance(v, Graph):
+                params = ", ".join(f"%{i.name}" for i in v.inputs)
+                lines.append(f"{indent}  {k}({params}) {{")
+                lines += _node_lines(v.nodes, indent + "    ")
+                lines.append(f"{indent}  }}")
+    return lines
+
+
 def dump_graph(g: Graph) -> str:
     """One line per node: ``%out: f32[N, 64, 112, 112] = Conv(%x, %w) {strides=[2, 2]}``."""
     lines = [f"graph {g.name}("]
@@ -35,11 +56,7 @@ def dump_graph(g: Graph) -> str:
             if small is not None and small.size <= 8:
                 note = " = " + np.array2string(small.ravel(), separator=", ")
             lines.append(f"  {v.kind.value} %{v.name}: {v.type}{note}")
-    for n in g.nodes:
-        outs = ", ".join(f"%{v.name}: {v.type}" for v in n.outputs)
-        args = ", ".join("_" if v is None else f"%{v.name}" for v in n.inputs)
-        attrs = ", ".join(f"{k}={_fmt_attr(v)}" for k, v in n.attrs.items() if v is not None)
-        lines.append(f"  {outs} = {n.op}({args})" + (f" {{{attrs}}}" if attrs else ""))
+    lines += _node_lines(g.nodes, "  ")
     lines.append("  return " + ", ".join(f"%{v.name}" for v in g.outputs))
     lines.append("}")
     return "\n".join(lines)

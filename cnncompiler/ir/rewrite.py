@@ -20,6 +20,7 @@ class Rewriter:
         self.graph = graph
         self.builder = GraphBuilder(graph.name)
         self._map: dict[str, Value] = {}
+        self._old_stored = {v.name for v in graph.values.values() if v.is_stored}
         for v in graph.inputs:
             self._map[v.name] = self.builder.input(v.name, v.type.shape, v.type.dtype)
 
@@ -60,8 +61,14 @@ class Rewriter:
         return outs
 
     def const(self, array: np.ndarray, name: str, trainable: bool = False) -> Value:
-        """A new stored tensor (e.g. folded weights), named ``name`` or a free variant of it."""
-        return self.builder.param(name, array, trainable=trainable, rename=True)
+        """A new stored tensor (e.g. folded weights), named ``name`` or a free variant of it
+        (free in the new graph and among the old graph's stored tensors still to be copied)."""
+        base, k = name, 0
+        while self.builder.is_taken(name) or (name in self._old_stored
+                                              and name not in self._map):
+            k += 1
+            name = f"{base}_{k}"
+        return self.builder.param(name, array, trainable=trainable)
 
     def alias(self, old: Value, new: Value) -> None:
         """From now on, uses of ``old`` read ``new``."""

@@ -2,6 +2,7 @@
 
 Conv: X [N, C, H, W], W [K, C/group, F_h, F_w], optional B [K] -> Y [N, K, H2, W2] with
 H2 = (H - F + P_top + P_bottom)/S + 1 (F dilated). (F·F·C/group)·K weights + K biases.
+With the ``layout`` attribute X and Y are stored NHWC or NCHW{x}c (see ops/layout_ops.py).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import math
 import numpy as np
 
 from cnncompiler.ir.types import TensorType
+from cnncompiler.ops.layout_ops import LAYOUT_ATTR, layout_flops, layout_infer, layout_reference
 from cnncompiler.ops.opdef import Attr, FusionKind, InferContext, Input, OpDef
 from cnncompiler.ops.registry import register
 from cnncompiler.ops.windows import check_2d, pad_nchw, spatial_out, window_attrs, window_views
@@ -101,9 +103,9 @@ CONV = register(OpDef(
     attrs=window_attrs(kernel_required=False, with_dilation=True,
                        rounding_choices=("exact", "floor"))
     + (Attr("group", "int", 1, "number of channel groups", check=lambda g: None if g >= 1
-            else "must be >= 1"),),
-    infer=_conv_infer,
-    reference=_conv_reference,
-    flops=_conv_flops,
+            else "must be >= 1"), LAYOUT_ATTR),
+    infer=layout_infer(_conv_infer),
+    reference=layout_reference(_conv_reference),
+    flops=layout_flops(_conv_flops),
     fusion=FusionKind.OUTPUT_FUSABLE,
 ))

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from cnncompiler.ir.types import TensorType
+from cnncompiler.ops.layout_ops import LAYOUT_ATTR, layout_infer, layout_reference
 from cnncompiler.ops.opdef import Attr, FusionKind, InferContext, Input, OpDef, elementwise_flops
 from cnncompiler.ops.registry import register
 
@@ -96,9 +97,10 @@ BATCH_NORMALIZATION = register(OpDef(
             Input("input_mean"), Input("input_var")),
     attrs=(Attr("epsilon", "float", 1e-5, "added to the variance", check=_at_least(0.0)),
            Attr("momentum", "float", 0.9, "running-statistics momentum (training)",
-                check=lambda m: None if 0.0 <= m <= 1.0 else "must be in [0, 1]")),
-    infer=_bn_infer,
-    reference=_bn_reference,
+                check=lambda m: None if 0.0 <= m <= 1.0 else "must be in [0, 1]"),
+           LAYOUT_ATTR),
+    infer=layout_infer(_bn_infer),
+    reference=layout_reference(_bn_reference),
     flops=elementwise_flops(2),
     fusion=FusionKind.ELEMENTWISE,
 ))

@@ -5,6 +5,7 @@ Y[n, c, oh, ow] reduces the window of X[n, c] that starts at (oh*S_h - P_top, ow
 MaxPool pads with -inf so padded cells never win. AveragePool divides by the number of real
 input cells in the window, or with ``count_include_pad`` by the cells of the explicitly padded
 input (cells that a ceil-mode window reaches beyond the end padding never count).
+With the ``layout`` attribute X and Y are stored NHWC or NCHW{x}c (see ops/layout_ops.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from cnncompiler.ir.types import TensorType
+from cnncompiler.ops.layout_ops import LAYOUT_ATTR, layout_flops, layout_infer, layout_reference
 from cnncompiler.ops.opdef import Attr, FusionKind, InferContext, Input, OpDef
 from cnncompiler.ops.registry import register
 from cnncompiler.ops.windows import (
@@ -122,10 +124,10 @@ MAX_POOL = register(OpDef(
     name="MaxPool",
     doc="max over each (dilated) window; padded cells are -inf and never win",
     inputs=X_INPUT,
-    attrs=window_attrs(kernel_required=True, with_dilation=True),
-    infer=_pool_infer,
-    reference=_max_pool_reference,
-    flops=_window_flops(0),
+    attrs=window_attrs(kernel_required=True, with_dilation=True) + (LAYOUT_ATTR,),
+    infer=layout_infer(_pool_infer),
+    reference=layout_reference(_max_pool_reference),
+    flops=layout_flops(_window_flops(0)),
     fusion=FusionKind.OUTPUT_FUSABLE,
 ))
 
@@ -135,28 +137,29 @@ AVERAGE_POOL = register(OpDef(
     inputs=X_INPUT,
     attrs=window_attrs(kernel_required=True, with_dilation=False)
     + (Attr("count_include_pad", "bool", False,
-            "divide by the window area within the padded input, not only real cells"),),
-    infer=_pool_infer,
-    reference=_average_pool_reference,
-    flops=_window_flops(1),
+            "divide by the window area within the padded input, not only real cells"),
+       LAYOUT_ATTR),
+    infer=layout_infer(_pool_infer),
+    reference=layout_reference(_average_pool_reference),
+    flops=layout_flops(_window_flops(1)),
     fusion=FusionKind.OUTPUT_FUSABLE,
 ))
 
 GLOBAL_AVERAGE_POOL = register(OpDef(
     name="GlobalAveragePool",
     doc="mean over all of H and W: [N, C, H, W] -> [N, C, 1, 1]",
-    inputs=X_INPUT, attrs=(), infer=_global_infer,
-    reference=lambda inputs, a: inputs[0].astype(np.float64).mean(axis=(2, 3), keepdims=True)
-    .astype(inputs[0].dtype),
-    flops=_global_flops,
+    inputs=X_INPUT, attrs=(LAYOUT_ATTR,), infer=layout_infer(_global_infer),
+    reference=layout_reference(lambda inputs, a: inputs[0].astype(np.float64)
+                               .mean(axis=(2, 3), keepdims=True).astype(inputs[0].dtype)),
+    flops=layout_flops(_global_flops),
     fusion=FusionKind.REDUCTION,
 ))
 
 GLOBAL_MAX_POOL = register(OpDef(
     name="GlobalMaxPool",
     doc="max over all of H and W: [N, C, H, W] -> [N, C, 1, 1]",
-    inputs=X_INPUT, attrs=(), infer=_global_infer,
-    reference=lambda inputs, a: inputs[0].max(axis=(2, 3), keepdims=True),
-    flops=_global_flops,
+    inputs=X_INPUT, attrs=(LAYOUT_ATTR,), infer=layout_infer(_global_infer),
+    reference=layout_reference(lambda inputs, a: inputs[0].max(axis=(2, 3), keepdims=True)),
+    flops=layout_flops(_global_flops),
     fusion=FusionKind.REDUCTION,
 ))

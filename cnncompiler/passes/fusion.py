@@ -94,3 +94,26 @@ def fuse(graph: Graph) -> tuple[Graph, list[str]]:
         elif node.name not in member:
             rw.copy(node)
     return rw.finish(), changes
+
+
+def inline_fused(graph: Graph) -> Graph:
+    """The inverse of :func:`fuse`: every ``Fused`` node replaced by its members (for
+    exporting an optimised graph, or debugging a fusion)."""
+    if not any(n.op == "Fused" for n in graph.nodes):
+        return graph
+    rw = Rewriter(graph)
+    for node in graph.nodes:
+        if node.op != "Fused":
+            rw.copy(node)
+            continue
+        body = node.attrs["body"]
+        inner = {v.name: rw.value(outer) for v, outer in zip(body.inputs, node.inputs)}
+        for member in body.nodes:
+            outs = rw.builder.add_node(member.op, [None if v is None else inner[v.name]
+                                                   for v in member.inputs],
+                                       dict(member.attrs), member.name, len(member.outputs),
+                                       [v.name for v in member.outputs])
+            inner.update({old.name: new for old, new in zip(member.outputs, outs)})
+        for old, new in zip(node.outputs, body.outputs):
+            rw.alias(old, inner[new.name])
+    return rw.finish()

@@ -13,6 +13,7 @@ import numpy as np
 from cnncompiler.errors import ModelError, UnsupportedError
 from cnncompiler.ir.graph import Graph
 from cnncompiler.ir.specialize import bind_symbols
+from cnncompiler.passes.manager import PassManager
 from cnncompiler.runtime.registry import get_backend
 from cnncompiler.runtime.validate import bind_inputs
 
@@ -48,11 +49,18 @@ class CompiledModel:
     """A graph compiled for one backend. Call it with arrays in graph-input order or by name;
     it returns one array for a single-output model and a tuple otherwise."""
 
-    def __init__(self, graph: Graph, backend: str, executable, compile_seconds: float):
-        self.graph = graph
+    def __init__(self, graph: Graph, backend: str, executable, compile_seconds: float,
+                 passes: PassManager | None = None, source: Graph | None = None):
+        self.graph = graph            # the optimised graph the backend compiled
+        self.source = source or graph  # the graph before optimisation
         self.backend = backend
         self.executable = executable
         self.compile_seconds = compile_seconds
+        self.passes = passes
+
+    def explain(self) -> str:
+        """What each optimisation pass did, in order."""
+        return self.passes.explain() if self.passes else "no passes ran"
 
     @property
     def input_names(self) -> list[str]:
@@ -78,24 +86,26 @@ class CompiledModel:
 
 
 def compile(model: Any, backend: str = "reference", *, input_shape: Sequence[int | str] | None
-            = None, batch: int | None = None, opt_level: int = 2, **options: Any
-            ) -> CompiledModel:
+            = None, batch: int | None = None, opt_level: int = 2,
+            disable_passes: Sequence[str] = (), verify_passes: bool = False,
+            keep_snapshots: Sequence[str] = (), **options: Any) -> CompiledModel:
     """Compile ``model`` for ``backend``.
 
     ``input_shape`` overrides a DSL model's default input shape; ``batch`` pins a symbolic
     batch dim (otherwise it stays symbolic and any batch runs). ``opt_level`` selects the
-    pass pipeline (0 = none; passes arrive with the graph-optimisation work). Backend-specific
-    ``options`` are passed to the backend, which rejects ones it does not know.
+    pass pipeline (0 = none, the bisection path; 1 = clean-ups; 2 = everything);
+    ``disable_passes`` switches single passes off; ``verify_passes`` checks the IR after each
+    pass. Backend-specific ``options`` go to the backend, which rejects ones it does not know.
     """
-    if opt_level not in (0, 1, 2):
-        raise UnsupportedError(f"opt_level must be 0, 1 or 2, got {opt_level!r}")
     start = time.perf_counter()
-    graph = as_graph(model, input_shape, batch)
-    if not graph.has_data:
-        missing = [name for name, a in graph.data.items() if a is None]
-        raise ModelError(f"graph {graph.name!r} has no data for {len(missing)} stored tensor(s) "
-                         f"(e.g. {missing[:3]}); build it with weights to run it")
+    source = as_graph(model, input_shape, batch)
+    if not source.has_data:
+        missing = [name for name, a in source.data.items() if a is None]
+        raise ModelError(f"graph {source.name!r} has no data for {len(missing)} stored "
+                         f"tensor(s) (e.g. {missing[:3]}); build it with weights to run it")
     impl = get_backend(backend)
+    passes = PassManager(opt_level, disable_passes, verify_passes, impl.passes(**options))
+    graph = passes.run(source, keep=keep_snapshots)
     impl.check_supported(graph)
     executable = impl.compile(graph, **options)
-    return CompiledModel(graph, backend, executable, time.perf_counter() - start)
+    return CompiledModel(graph, backend, executable, time.perf_counter() - start, passes, source)

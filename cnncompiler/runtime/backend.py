@@ -31,6 +31,11 @@ class Backend(ABC):
         """A short line on what it runs on (shown by ``backends.available()``)."""
         return ""
 
+    def passes(self, **options: Any) -> list:
+        """Backend-specific passes (layout choice, schedule selection) appended to the
+        pipeline, as :class:`cnncompiler.passes.Pass` objects."""
+        return []
+
     def supports(self, node: Node) -> str | None:
         """None if ``node`` can be compiled, else why not."""
         return None

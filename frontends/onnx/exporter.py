@@ -291,6 +291,9 @@ _SAME_OPS = (
 )
 
 #: op -> translation from our IR node to the ONNX node (edits inputs/attrs in place)
+# ops that are expanded before translation rather than translated
+EXPANDED = {"Fused", "LayoutTransform"}
+
 TRANSLATIONS: dict[str, Callable[[_Emit], None]] = {
     **dict.fromkeys(_SAME_OPS, _same),
     "Conv": _conv,
@@ -510,7 +513,11 @@ def to_onnx(model: Any, *, opset: int = DEFAULT_OPSET,
 
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
         raise UnsupportedError(f"ONNX export supports opset >= {MIN_OPSET}, got {opset!r}")
-    graph = as_graph(model, input_shape)
+    from cnncompiler.passes.fusion import inline_fused
+    from cnncompiler.passes.layout import strip_layouts
+
+    # ONNX has no fused kernels and no layouts: export the plain NCHW graph
+    graph = strip_layouts(inline_fused(as_graph(model, input_shape)))
     return _Exporter(graph, opset).run()
 
 
