@@ -191,3 +191,21 @@ def test_opt2_matches_opt0_on_the_zoo(name):
     f0 = cnncompiler.compile(g, opt_level=0, precision="float32")(x)
     f2 = cnncompiler.compile(g, opt_level=2, precision="float32")(x)
     assert np.linalg.norm(f0 - f2) / np.linalg.norm(f0) < 1e-4        # float32
+
+
+def test_backend_pass_runs_before_fusion_and_layouts_fuse():
+    from cnncompiler.passes.layout import count_transforms, layout_pass
+
+    def blocked(node):
+        return "NCHW8c" if node.op == "Conv" else None
+
+    pm = PassManager(2, extra=[layout_pass(blocked)], verify=True)
+    names = [p.name for p in pm.pipeline]
+    assert names.index("assign_layouts") == names.index("fuse") - 1
+    net = random_batchnorm(zoo.get("resnet18"), seed=3)
+    g = net.to_graph((1, 3, 64, 64))
+    out = pm.run(g)
+    assert count_transforms(out) == 2
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    (a,), (b,) = evaluate(g, {"x": x}), evaluate(out, {"x": x})
+    assert np.linalg.norm(a - b) / np.linalg.norm(a) < 1e-6  # BN folded into float32 weights

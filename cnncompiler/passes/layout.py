@@ -389,13 +389,13 @@ def _other(st: _State, node: Node, wanted: dict) -> None:
 
 def layout_pass(choose: Choose, name: str = "assign_layouts", min_level: int = 2) -> Pass:
     """The layout pass for a backend whose kernels prefer ``choose(node)``; give it to
-    ``PassManager(extra=[...])``."""
+    ``PassManager(extra=[...])``. It runs before fusion, which then groups the laid-out ops."""
 
     def run(graph: Graph) -> tuple[Graph, list[str]]:
         return assign_layouts(graph, choose)
 
     run.__doc__ = assign_layouts.__doc__
-    return Pass(name, run, min_level)
+    return Pass(name, run, min_level, before="fuse")
 
 
 def strip_layouts(graph: Graph) -> Graph:

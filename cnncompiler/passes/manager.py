@@ -21,6 +21,7 @@ class Pass:
     name: str
     fn: PassFn
     min_level: int  # runs at opt_level >= min_level
+    before: str | None = None  # a backend pass runs right before this pass (else at the end)
 
     @property
     def doc(self) -> str:
@@ -87,8 +88,11 @@ class PassManager:
 
     @property
     def pipeline(self) -> list[Pass]:
-        chosen = [p for p in all_passes() + self.extra if p.min_level <= self.opt_level]
-        return [p for p in chosen if p.name not in self.disable]
+        order = list(all_passes())
+        for p in self.extra:
+            names = [q.name for q in order]
+            order.insert(names.index(p.before) if p.before in names else len(order), p)
+        return [p for p in order if p.min_level <= self.opt_level and p.name not in self.disable]
 
     def run(self, graph: Graph, keep: Iterable[str] = ()) -> Graph:
         """Run the pipeline; ``keep`` names passes whose output graph is kept in
