@@ -28,7 +28,16 @@ def bind_symbols(graph: Graph, bindings: Mapping[str, int]) -> Graph:
             new[v.name] = b.param(v.name, graph.data.get(v.name), shape=v.type.shape,
                                   dtype=v.type.dtype, trainable=v.kind is ValueKind.PARAM)
     for n in graph.nodes:
+        attrs = {k: _bind_body(v, bindings) if isinstance(v, Graph) else v
+                 for k, v in n.attrs.items()}
         outs = b.add_node(n.op, [None if v is None else new[v.name] for v in n.inputs],
-                          dict(n.attrs), n.name, len(n.outputs), [v.name for v in n.outputs])
+                          attrs, n.name, len(n.outputs), [v.name for v in n.outputs])
         new.update({old.name: v for old, v in zip(n.outputs, outs)})
     return b.build([new[v.name] for v in graph.outputs])
+
+
+def _bind_body(body: Graph, bindings: Mapping[str, int]) -> Graph:
+    """A node's body graph (``Fused``) bound with the symbols it shares with its graph."""
+    mine = {s for v in body.inputs for s in v.type.symbols}
+    shared = {k: v for k, v in bindings.items() if k in mine}
+    return bind_symbols(body, shared) if shared else body

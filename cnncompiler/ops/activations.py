@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from cnncompiler.kernel import ir as K
 from cnncompiler.ops.broadcast import broadcast_infer
 from cnncompiler.ops.opdef import Attr, FusionKind, InferContext, Input, OpDef, elementwise_flops
 from cnncompiler.ops.registry import register
@@ -16,13 +17,29 @@ def _same_as_input(ctx: InferContext):
 
 
 def unary(name: str, doc: str, fn: Callable[..., np.ndarray], flops_per_element: int = 1,
-          attrs: tuple[Attr, ...] = ()) -> OpDef:
-    """Register an elementwise op ``Y = fn(X, **attrs)``."""
+          attrs: tuple[Attr, ...] = (), scalar: Callable | None = None) -> OpDef:
+    """Register an elementwise op ``Y = fn(X, **attrs)``; ``scalar(x, **attrs)`` is the same
+    function on one kernel-IR element, for code generation."""
     return register(OpDef(
         name=name, doc=doc, inputs=(Input("X"),), attrs=attrs, infer=_same_as_input,
         reference=lambda inputs, a: fn(inputs[0], **a),
         flops=elementwise_flops(flops_per_element), fusion=FusionKind.ELEMENTWISE,
+        scalar=None if scalar is None else (lambda xs, a: scalar(xs[0], **a)),
     ))
+
+
+def _k_sigmoid(x):
+    return 1.0 / (1.0 + K.call("exp", -x))
+
+
+def _k_hard_sigmoid(x, alpha, beta):
+    return K.minimum(K.maximum(x * alpha + beta, 0.0), 1.0)
+
+
+def _k_clip(x, min, max):
+    if min is not None:
+        x = K.maximum(x, min)
+    return x if max is None else K.minimum(x, max)
 
 
 def _sigmoid(x):
@@ -35,21 +52,24 @@ def _hard_sigmoid(x, alpha, beta):
     return np.clip(alpha * x + beta, 0.0, 1.0).astype(x.dtype)
 
 
-RELU = unary("Relu", "max(x, 0)", lambda x: np.maximum(x, 0))
+RELU = unary("Relu", "max(x, 0)", lambda x: np.maximum(x, 0), scalar=lambda x: K.maximum(x, 0.0))
 LEAKY_RELU = unary("LeakyRelu", "x if x >= 0 else alpha*x",
                    lambda x, alpha: np.where(x >= 0, x, alpha * x).astype(x.dtype), 2,
-                   (Attr("alpha", "float", 0.01, "slope for x < 0"),))
-SIGMOID = unary("Sigmoid", "1 / (1 + exp(-x))", _sigmoid, 4)
-TANH = unary("Tanh", "tanh(x)", np.tanh, 4)
+                   (Attr("alpha", "float", 0.01, "slope for x < 0"),),
+                   scalar=lambda x, alpha: K.select(x.ge(0.0), x, x * alpha))
+SIGMOID = unary("Sigmoid", "1 / (1 + exp(-x))", _sigmoid, 4, scalar=_k_sigmoid)
+TANH = unary("Tanh", "tanh(x)", np.tanh, 4, scalar=lambda x: K.call("tanh", x))
 HARD_SIGMOID = unary("HardSigmoid", "clip(alpha*x + beta, 0, 1)", _hard_sigmoid, 3,
-                     (Attr("alpha", "float", 0.2), Attr("beta", "float", 0.5)))
+                     (Attr("alpha", "float", 0.2), Attr("beta", "float", 0.5)),
+                     scalar=_k_hard_sigmoid)
 HARD_SWISH = unary("HardSwish", "x * clip(x/6 + 1/2, 0, 1) (MobileNetV3)",
-                   lambda x: (x * _hard_sigmoid(x, 1.0 / 6.0, 0.5)).astype(x.dtype), 4)
+                   lambda x: (x * _hard_sigmoid(x, 1.0 / 6.0, 0.5)).astype(x.dtype), 4,
+                   scalar=lambda x: x * _k_hard_sigmoid(x, 1.0 / 6.0, 0.5))
 CLIP = unary("Clip", "clip(x, min, max); ReLU6 is Clip(min=0, max=6)",
              lambda x, min, max: np.clip(x, -np.inf if min is None else min,
                                          np.inf if max is None else max).astype(x.dtype), 2,
              (Attr("min", "float", None, "lower bound (none if absent)"),
-              Attr("max", "float", None, "upper bound (none if absent)")))
+              Attr("max", "float", None, "upper bound (none if absent)")), scalar=_k_clip)
 
 
 def _prelu_infer(ctx: InferContext):
@@ -66,4 +86,5 @@ PRELU = register(OpDef(
     inputs=(Input("X"), Input("slope", weight=True)), attrs=(), infer=_prelu_infer,
     reference=lambda inputs, a: np.where(inputs[0] >= 0, inputs[0], inputs[0] * inputs[1]),
     flops=elementwise_flops(2), fusion=FusionKind.ELEMENTWISE,
+    scalar=lambda xs, a: K.select(xs[0].ge(0.0), xs[0], xs[0] * xs[1]),
 ))

@@ -35,19 +35,21 @@ def broadcast_infer(ctx: InferContext) -> TensorType:
 
 def binary(name: str, doc: str, fn: Callable[[np.ndarray, np.ndarray], np.ndarray],
            infer: Callable[[InferContext], TensorType] = broadcast_infer,
-           flops_per_element: int = 1) -> OpDef:
+           flops_per_element: int = 1, scalar: Callable | None = None) -> OpDef:
     """Register a broadcasting op ``Y = fn(A, B)``; ``infer`` defaults to same-dtype operands
     and a result of that dtype (comparisons pass their own, with a bool result)."""
     return register(OpDef(
         name=name, doc=doc, inputs=(Input("A"), Input("B")), attrs=(), infer=infer,
         reference=lambda inputs, attrs: fn(inputs[0], inputs[1]),
         flops=elementwise_flops(flops_per_element), fusion=FusionKind.BROADCAST,
+        scalar=None if scalar is None else (lambda xs, attrs: scalar(xs[0], xs[1])),
     ))
 
 
-ADD = binary("Add", "A + B with numpy broadcasting (residual connections, biases)", np.add)
-SUB = binary("Sub", "A - B with numpy broadcasting", np.subtract)
-MUL = binary("Mul", "A * B with numpy broadcasting", np.multiply)
+ADD = binary("Add", "A + B with numpy broadcasting (residual connections, biases)", np.add,
+             scalar=lambda a, b: a + b)
+SUB = binary("Sub", "A - B with numpy broadcasting", np.subtract, scalar=lambda a, b: a - b)
+MUL = binary("Mul", "A * B with numpy broadcasting", np.multiply, scalar=lambda a, b: a * b)
 DIV = binary("Div", "A / B with numpy broadcasting (integer inputs divide toward zero)",
              lambda a, b: np.divide(a, b) if a.dtype.kind == "f"
-             else (np.trunc(a / b)).astype(a.dtype))
+             else (np.trunc(a / b)).astype(a.dtype), scalar=lambda a, b: a / b)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from cnncompiler.ir.types import DType, TensorType
+from cnncompiler.kernel import ir as K
 from cnncompiler.ops.activations import _sigmoid, unary
 from cnncompiler.ops.broadcast import binary, broadcast_shapes
 from cnncompiler.ops.opdef import Attr, FusionKind, InferContext, Input, OpDef, elementwise_flops
@@ -83,10 +84,14 @@ def _nonzero(v: float) -> str | None:
     return None if v != 0 else "must be non-zero"
 
 
-EXP = unary("Exp", "e^x", _keep_dtype(np.exp), 4)
-LOG = unary("Log", "natural logarithm (-inf at 0, nan below)", _keep_dtype(np.log), 4)
-SQRT = unary("Sqrt", "square root (nan below 0)", _keep_dtype(np.sqrt), 4)
-RECIPROCAL = unary("Reciprocal", "1 / x", _keep_dtype(np.reciprocal), 1)
+EXP = unary("Exp", "e^x", _keep_dtype(np.exp), 4,
+            scalar=lambda x: K.call("exp", x))
+LOG = unary("Log", "natural logarithm (-inf at 0, nan below)", _keep_dtype(np.log), 4,
+            scalar=lambda x: K.call("log", x))
+SQRT = unary("Sqrt", "square root (nan below 0)", _keep_dtype(np.sqrt), 4,
+             scalar=lambda x: K.call("sqrt", x))
+RECIPROCAL = unary("Reciprocal", "1 / x", _keep_dtype(np.reciprocal), 1,
+                   scalar=lambda x: 1.0 / x)
 FLOOR = unary("Floor", "largest integer <= x", _keep_dtype(np.floor), 1)
 CEIL = unary("Ceil", "smallest integer >= x", _keep_dtype(np.ceil), 1)
 ERF = unary("Erf", "the error function 2/sqrt(pi) * integral_0^x e^(-t^2) dt",

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from cnncompiler.ir.types import TensorType
+from cnncompiler.kernel import ir as K
 from cnncompiler.ops.layout_ops import LAYOUT_ATTR, layout_infer, layout_reference
 from cnncompiler.ops.opdef import Attr, FusionKind, InferContext, Input, OpDef, elementwise_flops
 from cnncompiler.ops.registry import register
@@ -103,6 +104,9 @@ BATCH_NORMALIZATION = register(OpDef(
     reference=layout_reference(_bn_reference),
     flops=elementwise_flops(2),
     fusion=FusionKind.ELEMENTWISE,
+    scalar=lambda xs, a: (xs[0] - xs[3]) * (xs[1] / K.call("sqrt", xs[4] + a["epsilon"]))
+    + xs[2],
+    per_channel_inputs=True,
 ))
 
 
@@ -122,6 +126,7 @@ DROPOUT = register(OpDef(
     reference=lambda inputs, a: inputs[0].copy(),
     fusion=FusionKind.ELEMENTWISE,
     view=True,
+    scalar=lambda xs, a: xs[0],
 ))
 
 IDENTITY = register(OpDef(
@@ -133,4 +138,5 @@ IDENTITY = register(OpDef(
     reference=lambda inputs, a: inputs[0].copy(),
     fusion=FusionKind.ELEMENTWISE,
     view=True,
+    scalar=lambda xs, a: xs[0],
 ))

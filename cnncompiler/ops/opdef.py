@@ -221,6 +221,10 @@ class OpDef:
     returns one array or a tuple of arrays; it must be exact in float64.
     ``grad`` is the autodiff slot: ``grad(builder, node, output_grads) -> input_grads``.
     ``view`` marks ops whose output can alias the input buffer (reshape, flatten, identity).
+    ``scalar(operands, attrs)`` is an elementwise op's value per element as a kernel-IR
+    expression of its operands' values (what code generators inline into fused kernels);
+    ``per_channel_inputs`` says operands after the first are [C] vectors on axis 1
+    (BatchNormalization) rather than numpy-broadcast.
     """
 
     name: str
@@ -236,6 +240,8 @@ class OpDef:
     grad: Callable | None = None
     view: bool = False
     module: str = ""  # where it is defined (set by ``register``), e.g. "cnncompiler.ops.conv"
+    scalar: Callable | None = None
+    per_channel_inputs: bool = False
 
     def __post_init__(self) -> None:
         self._attr_index = {a.name: a for a in self.attrs}

@@ -13,6 +13,7 @@ from cnncompiler.runtime.backend import Backend
 # name -> "module:attribute"; later backends (llvm, opencl) add their line here.
 BUILTIN_BACKENDS: dict[str, str] = {
     "reference": "cnncompiler.backends.reference:ReferenceBackend",
+    "llvm": "cnncompiler.backends.llvm:LLVMBackend",
 }
 ENTRY_POINT_GROUP = "cnncompiler.backends"
 

@@ -1,0 +1,222 @@
+"""Kernel IR: the second IR level. Loop nests over flat buffers, scalar expressions,
+loads, stores and register accumulators — what a fused graph node becomes before a renderer
+(LLVM, OpenCL C) turns it into code. Schedules decide loop kinds (parallel, vector, unroll);
+renderers only translate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SCALAR_TYPES = ("f32", "f64", "i64", "i1")
+ARITH = ("+", "-", "*", "/", "max", "min", "%", "//")
+COMPARE = ("<", "<=", ">", ">=", "==", "!=")
+LOGIC = ("and", "or")
+FUNCS = ("exp", "log", "sqrt", "tanh", "erf", "abs", "floor", "ceil", "pow", "neg")
+
+
+class Expr:
+    """A scalar expression. Python operators build Bin nodes; numbers adopt the other side's
+    type, so ``x * 2`` works for both float and index expressions."""
+
+    dtype: str
+
+    def _wrap(self, other: ExprLike) -> Expr:
+        return lift(other, self.dtype)
+
+    def __add__(self, o): return Bin("+", self, self._wrap(o))
+    def __radd__(self, o): return Bin("+", self._wrap(o), self)
+    def __sub__(self, o): return Bin("-", self, self._wrap(o))
+    def __rsub__(self, o): return Bin("-", self._wrap(o), self)
+    def __mul__(self, o): return Bin("*", self, self._wrap(o))
+    def __rmul__(self, o): return Bin("*", self._wrap(o), self)
+    def __truediv__(self, o): return Bin("/", self, self._wrap(o))
+    def __rtruediv__(self, o): return Bin("/", self._wrap(o), self)
+    def __floordiv__(self, o): return Bin("//", self, self._wrap(o))
+    def __mod__(self, o): return Bin("%", self, self._wrap(o))
+    def __neg__(self): return Call("neg", (self,), self.dtype)
+    def lt(self, o): return Bin("<", self, self._wrap(o))
+    def le(self, o): return Bin("<=", self, self._wrap(o))
+    def gt(self, o): return Bin(">", self, self._wrap(o))
+    def ge(self, o): return Bin(">=", self, self._wrap(o))
+    def eq(self, o): return Bin("==", self, self._wrap(o))
+
+
+ExprLike = Expr | int | float | bool
+
+
+def lift(x: ExprLike, dtype: str) -> Expr:
+    if isinstance(x, Expr):
+        return x
+    if isinstance(x, bool):
+        return Const(int(x), "i1")
+    if dtype == "i1":
+        dtype = "i64"
+    return Const(float(x) if dtype in ("f32", "f64") else int(x), dtype)
+
+
+@dataclass(frozen=True, eq=False)
+class Const(Expr):
+    value: float | int
+    dtype: str = "i64"
+
+
+@dataclass(frozen=True, eq=False)
+class Var(Expr):
+    """A loop index or a declared mutable scalar (an accumulator kept in a register)."""
+
+    name: str
+    dtype: str = "i64"
+
+
+@dataclass(frozen=True, eq=False)
+class Buffer:
+    """A flat array parameter of a kernel: ``size`` elements of ``dtype``."""
+
+    name: str
+    dtype: str
+    size: int
+
+
+@dataclass(frozen=True, eq=False)
+class Load(Expr):
+    buffer: Buffer
+    index: Expr
+
+    @property
+    def dtype(self) -> str:  # type: ignore[override]
+        return self.buffer.dtype
+
+
+@dataclass(frozen=True, eq=False)
+class Bin(Expr):
+    op: str
+    a: Expr
+    b: Expr
+
+    dtype: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.op not in ARITH + COMPARE + LOGIC:
+            raise ValueError(f"unknown operator {self.op!r}")
+        if self.a.dtype != self.b.dtype:
+            raise TypeError(f"operands of {self.op!r} differ: {self.a.dtype} vs {self.b.dtype}")
+        # computed once: long accumulation chains must not recurse to find their type
+        object.__setattr__(self, "dtype", "i1" if self.op in COMPARE else self.a.dtype)
+
+
+@dataclass(frozen=True, eq=False)
+class Call(Expr):
+    fn: str
+    args: tuple[Expr, ...]
+    dtype: str = "f32"
+
+    def __post_init__(self) -> None:
+        if self.fn not in FUNCS:
+            raise ValueError(f"unknown function {self.fn!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class Select(Expr):
+    cond: Expr
+    a: Expr
+    b: Expr
+    dtype: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dtype", self.a.dtype)
+
+
+@dataclass(frozen=True, eq=False)
+class Cast(Expr):
+    value: Expr
+    dtype: str = "f32"
+
+
+class Stmt:
+    pass
+
+
+@dataclass(eq=False)
+class Store(Stmt):
+    buffer: Buffer
+    index: Expr
+    value: Expr
+
+
+@dataclass(eq=False)
+class Declare(Stmt):
+    var: Var
+    init: Expr
+
+
+@dataclass(eq=False)
+class Assign(Stmt):
+    var: Var
+    value: Expr
+
+
+@dataclass(eq=False)
+class Loop(Stmt):
+    """``for var in range(start, stop)``; ``kind`` is the schedule's decision: "serial",
+    "parallel" (split across threads), "vector" (SIMD lanes) or "unroll"."""
+
+    var: Var
+    start: Expr
+    stop: Expr
+    body: list[Stmt]
+    kind: str = "serial"
+
+
+@dataclass(eq=False)
+class If(Stmt):
+    cond: Expr
+    then: list[Stmt]
+    otherwise: list[Stmt] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class Kernel:
+    """One generated function: ``name(buffers...)`` running ``body``."""
+
+    name: str
+    buffers: list[Buffer]
+    body: list[Stmt]
+    flops: int = 0
+
+
+# ------------------------------------------------------------------ helpers
+def maximum(a: Expr, b: ExprLike) -> Expr:
+    return Bin("max", a, lift(b, a.dtype))
+
+
+def minimum(a: Expr, b: ExprLike) -> Expr:
+    return Bin("min", a, lift(b, a.dtype))
+
+
+def call(fn: str, *args: Expr) -> Expr:
+    return Call(fn, tuple(args), args[0].dtype)
+
+
+def select(cond: Expr, a: ExprLike, b: ExprLike) -> Expr:
+    dtype = a.dtype if isinstance(a, Expr) else b.dtype if isinstance(b, Expr) else "f32"
+    return Select(cond, lift(a, dtype), lift(b, dtype))
+
+
+def flat_index(indices: list[Expr], shape: tuple[int, ...]) -> Expr:
+    """Row-major offset of ``indices`` in an array of ``shape``."""
+    offset: Expr = Const(0)
+    for i, (idx, dim) in enumerate(zip(indices, shape)):
+        offset = idx if i == 0 else offset * dim + idx
+    return offset
+
+
+class Names:
+    """Fresh variable names inside one kernel."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def var(self, base: str, dtype: str = "i64") -> Var:
+        self.count += 1
+        return Var(f"{base}{self.count}", dtype)

@@ -1,0 +1,396 @@
+"""Lowering: one graph node (plain, or ``Fused``) to a Kernel — the algorithm, before any
+schedule. The kernel loops over the output's elements; each element's value is built by
+walking back through the fused members (elementwise ops inline through their OpDef's
+``scalar`` form; conv, gemm and pooling open reduction loops with a register accumulator).
+Shapes must be concrete (the backend specialises on the batch).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from cnncompiler.errors import UnsupportedError
+from cnncompiler.ir.graph import Node, Value
+from cnncompiler.kernel import ir as K
+
+DTYPES = {"float32": "f32", "float64": "f64", "int64": "i64", "bool": "i1"}
+Element = tuple[list[K.Stmt], K.Expr]
+
+
+def kdtype(v: Value) -> str:
+    return DTYPES[v.type.dtype.value]
+
+
+def shape_of(v: Value) -> tuple[int, ...]:
+    if not v.type.is_static:
+        raise UnsupportedError(f"value {v.name!r} has a symbolic shape {v.type}; bind the batch")
+    return v.type.shape
+
+
+class KernelBuilder:
+    """Builds the kernel of one node; ``inputs`` are the values it reads from memory."""
+
+    def __init__(self, node: Node, name: str):
+        self.node = node
+        self.name = name
+        if node.op == "Fused":
+            body = node.attrs["body"]
+            self.members = list(body.nodes)
+            self.outer = dict(zip((v.name for v in body.inputs), node.inputs))
+            self.inputs = list(body.inputs)
+            self.output = body.outputs[0]
+        else:
+            self.members = [node]
+            self.inputs = [v for v in node.inputs if v is not None]
+            self.outer = {v.name: v for v in self.inputs}
+            self.output = node.outputs[0]
+        self.producers = {v.name: n for n in self.members for v in n.outputs}
+        self.buffers: dict[str, K.Buffer] = {}
+        for i, v in enumerate(self.inputs):
+            self.buffers.setdefault(v.name, K.Buffer(f"in{i}", kdtype(v),
+                                                     math.prod(shape_of(v))))
+        self.out = K.Buffer("out", kdtype(self.output), math.prod(shape_of(self.output)))
+        self.names = K.Names()
+
+    # -------------------------------------------------------------------- kernel
+    def build(self) -> K.Kernel:
+        anchor = self.producers[self.output.name]
+        if len(self.members) == 1 and anchor.op in ROW_KERNELS:
+            body = ROW_KERNELS[anchor.op](self, anchor)
+        else:
+            shape = shape_of(self.output)
+            idx = [self.names.var("i") for _ in shape]
+            stmts, value = self.element(self.output, list(idx))
+            body: list[K.Stmt] = stmts + [K.Store(self.out, K.flat_index(list(idx), shape),
+                                                  value)]
+            for d in reversed(range(len(shape))):
+                kind = "parallel" if d == 0 else "vector" if d == len(shape) - 1 else "serial"
+                body = [K.Loop(idx[d], K.Const(0), K.Const(shape[d]), body, kind)]
+        buffers = [self.buffers[v.name] for v in self.inputs] + [self.out]
+        return K.Kernel(self.name, _unique(buffers), body)
+
+    # ------------------------------------------------------------------- elements
+    def element(self, v: Value, idx: list[K.Expr]) -> Element:
+        """Statements and expression giving ``v`` at multi-index ``idx``."""
+        if v.name in self.buffers:
+            return [], K.Load(self.buffers[v.name], K.flat_index(idx, shape_of(v)))
+        node = self.producers[v.name]
+        opdef = node.opdef
+        if opdef.scalar is not None:
+            stmts, args = [], []
+            for i, u in enumerate(node.inputs):
+                s, e = self.element(u, self.operand_index(node, i, u, idx))
+                stmts += s
+                args.append(e)
+            return stmts, opdef.scalar(args, node.attrs)
+        lower = LOWERINGS.get(node.op)
+        if lower is None:
+            raise UnsupportedError(f"node '{node.name}' ({node.op}) has no kernel lowering")
+        return lower(self, node, idx)
+
+    def operand_index(self, node: Node, i: int, u: Value, idx: list[K.Expr]) -> list[K.Expr]:
+        """Where operand ``u`` is read for output index ``idx`` (broadcasting rules)."""
+        shape = shape_of(u)
+        if node.opdef.per_channel_inputs and i > 0:
+            return [idx[1]]
+        offset = len(idx) - len(shape)
+        return [K.Const(0) if shape[d] == 1 else idx[offset + d] for d in range(len(shape))]
+
+    def load(self, v: Value, idx: list[K.Expr]) -> Element:
+        return self.element(v, idx)
+
+    def fresh(self, base: str, dtype: str = "i64") -> K.Var:
+        return self.names.var(base, dtype)
+
+
+def _unique(buffers: list[K.Buffer]) -> list[K.Buffer]:
+    seen: list[K.Buffer] = []
+    for b in buffers:
+        if all(b is not s for s in seen):
+            seen.append(b)
+    return seen
+
+
+def clamp(e: K.Expr, size: int) -> K.Expr:
+    return K.maximum(K.minimum(e, size - 1), 0)
+
+
+def in_range(e: K.Expr, size: int) -> K.Expr:
+    return K.Bin("and", e.ge(0), e.lt(size))
+
+
+def all_of(conds: list[K.Expr]) -> K.Expr | None:
+    out = None
+    for c in conds:
+        out = c if out is None else K.Bin("and", out, c)
+    return out
+
+
+# ------------------------------------------------------------------ lowerings
+def _window_taps(kb: KernelBuilder, node: Node, idx: list[K.Expr], kernel: tuple,
+                 x_shape: tuple, pad_checks: bool):
+    """Loops over the window taps of output (oh, ow); yields (loops, ih, iw, inside)."""
+    a = node.attrs
+    (sh, sw), (pt, pl) = a["strides"], a["pads"][:2]
+    dh, dw = a.get("dilations") or (1, 1)
+    ti, tj = kb.fresh("ki"), kb.fresh("kj")
+    ih = idx[2] * sh + ti * dh - pt
+    iw = idx[3] * sw + tj * dw - pl
+    checks = [in_range(ih, x_shape[2]), in_range(iw, x_shape[3])] if pad_checks else []
+    return ti, tj, ih, iw, all_of(checks)
+
+
+def _needs_checks(node: Node, x_shape: tuple, out_shape: tuple, kernel: tuple) -> bool:
+    a = node.attrs
+    dh, dw = a.get("dilations") or (1, 1)
+    last_h = (out_shape[2] - 1) * a["strides"][0] + (kernel[0] - 1) * dh - a["pads"][0]
+    last_w = (out_shape[3] - 1) * a["strides"][1] + (kernel[1] - 1) * dw - a["pads"][1]
+    return any(a["pads"][:2]) or last_h >= x_shape[2] or last_w >= x_shape[3]
+
+
+def lower_conv(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
+    x, w = node.inputs[0], node.inputs[1]
+    xs, ws, ys = shape_of(x), shape_of(w), shape_of(node.outputs[0])
+    k_out, cg, fh, fw = ws
+    group = node.attrs["group"]
+    checks = _needs_checks(node, xs, ys, (fh, fw))
+    ti, tj, ih, iw, inside = _window_taps(kb, node, idx, (fh, fw), xs, checks)
+    c = kb.fresh("c")
+    chan = idx[1] // (k_out // group) * cg + c if group > 1 else c
+    dtype = kdtype(node.outputs[0])
+    acc = kb.fresh("acc", dtype)
+    init: K.Expr = K.Const(0.0, dtype)
+    stmts: list[K.Stmt] = []
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        s, init = kb.load(node.inputs[2], [idx[1]])
+        stmts += s
+    sx, xv = kb.load(x, [idx[0], chan, clamp(ih, xs[2]) if checks else ih,
+                         clamp(iw, xs[3]) if checks else iw])
+    sw_, wv = kb.load(w, [idx[1], c, ti, tj])
+    term = xv * wv
+    if inside is not None:
+        term = K.select(inside, term, 0.0)
+    body = sx + sw_ + [K.Assign(acc, acc + term)]
+    loop = K.Loop(tj, K.Const(0), K.Const(fw), body, "unroll")
+    loop = K.Loop(ti, K.Const(0), K.Const(fh), [loop], "unroll")
+    loop = K.Loop(c, K.Const(0), K.Const(cg), [loop])
+    return stmts + [K.Declare(acc, init), loop], acc
+
+
+def lower_pool(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
+    x = node.inputs[0]
+    xs, ys = shape_of(x), shape_of(node.outputs[0])
+    kernel = node.attrs["kernel_shape"]
+    dtype = kdtype(node.outputs[0])
+    checks = _needs_checks(node, xs, ys, kernel)
+    ti, tj, ih, iw, inside = _window_taps(kb, node, idx, kernel, xs, checks)
+    sx, xv = kb.load(x, [idx[0], idx[1], clamp(ih, xs[2]) if checks else ih,
+                         clamp(iw, xs[3]) if checks else iw])
+    acc = kb.fresh("acc", dtype)
+    if node.op == "MaxPool":
+        step = K.maximum(acc, xv)
+        body = sx + [K.Assign(acc, step if inside is None else K.select(inside, step, acc))]
+        init, result = K.Const(-math.inf, dtype), acc
+        extra: list[K.Stmt] = []
+    else:
+        pt, pl, pb, pr = node.attrs["pads"]
+        cnt = kb.fresh("cnt", dtype)
+        if node.attrs["count_include_pad"]:
+            counted = all_of([ih.ge(-pt), ih.lt(xs[2] + pb), iw.ge(-pl), iw.lt(xs[3] + pr)])
+        else:
+            counted = inside
+        one = K.Const(1.0, dtype) if counted is None else K.select(counted, 1.0, 0.0)
+        add = xv if inside is None else K.select(inside, xv, 0.0)
+        body = sx + [K.Assign(acc, acc + add), K.Assign(cnt, cnt + one)]
+        init, result = K.Const(0.0, dtype), acc / cnt
+        extra = [K.Declare(cnt, K.Const(0.0, dtype))]
+    loop = K.Loop(tj, K.Const(0), K.Const(kernel[1]), body, "unroll")
+    loop = K.Loop(ti, K.Const(0), K.Const(kernel[0]), [loop], "unroll")
+    return [K.Declare(acc, init), *extra, loop], result
+
+
+def lower_global_pool(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
+    x = node.inputs[0]
+    xs = shape_of(x)
+    dtype = kdtype(node.outputs[0])
+    h, w = kb.fresh("h"), kb.fresh("w")
+    sx, xv = kb.load(x, [idx[0], idx[1], h, w])
+    acc = kb.fresh("acc", dtype)
+    if node.op == "GlobalMaxPool":
+        init, step, result = K.Const(-math.inf, dtype), K.maximum(acc, xv), acc
+    else:
+        init, step, result = K.Const(0.0, dtype), acc + xv, acc / float(xs[2] * xs[3])
+    loop = K.Loop(h, K.Const(0), K.Const(xs[2]), [K.Loop(w, K.Const(0), K.Const(xs[3]),
+                                                          sx + [K.Assign(acc, step)])])
+    return [K.Declare(acc, init), loop], result
+
+
+def lower_gemm(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
+    a, b = node.inputs[0], node.inputs[1]
+    at = node.op == "Gemm" and node.attrs["transA"]
+    bt = node.op == "Gemm" and node.attrs["transB"]
+    if node.op == "MatMul" and (len(shape_of(a)) != 2 or len(shape_of(b)) != 2):
+        raise UnsupportedError(f"node '{node.name}' (MatMul): only 2-D MatMul has a kernel")
+    depth = shape_of(a)[0 if at else 1]
+    dtype = kdtype(node.outputs[0])
+    k = kb.fresh("k")
+    sa, av = kb.load(a, [k, idx[0]] if at else [idx[0], k])
+    sb, bv = kb.load(b, [idx[1], k] if bt else [k, idx[1]])
+    acc = kb.fresh("acc", dtype)
+    stmts: list[K.Stmt] = [K.Declare(acc, K.Const(0.0, dtype)),
+                           K.Loop(k, K.Const(0), K.Const(depth), sa + sb +
+                                  [K.Assign(acc, acc + av * bv)])]
+    result: K.Expr = acc
+    if node.op == "Gemm":
+        alpha, beta = node.attrs["alpha"], node.attrs["beta"]
+        if alpha != 1.0:
+            result = result * alpha
+        c = node.inputs[2] if len(node.inputs) > 2 else None
+        if c is not None and beta != 0.0:
+            sc, cv = kb.load(c, kb.operand_index(node, 2, c, idx))
+            stmts += sc
+            result = result + (cv * beta if beta != 1.0 else cv)
+    return stmts, result
+
+
+def lower_view(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
+    """Reshape/Flatten/Identity-like: same row-major order, different shape."""
+    x = node.inputs[0]
+    flat = K.flat_index(idx, shape_of(node.outputs[0]))
+    if x.name in kb.buffers:
+        return [], K.Load(kb.buffers[x.name], flat)
+    shape = shape_of(x)
+    in_idx = []
+    for d in range(len(shape)):
+        stride = math.prod(shape[d + 1:])
+        in_idx.append((flat // stride) % shape[d] if d else flat // stride)
+    return kb.element(x, in_idx)
+
+
+def lower_transpose(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
+    x = node.inputs[0]
+    rank = len(shape_of(x))
+    perm = node.attrs["perm"] or tuple(reversed(range(rank)))
+    in_idx: list[K.Expr] = [K.Const(0)] * rank
+    for d, p in enumerate(perm):
+        in_idx[p] = idx[d]
+    return kb.element(x, in_idx)
+
+
+def lower_concat(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
+    rank = len(shape_of(node.outputs[0]))
+    axis = node.attrs["axis"] % rank
+    stmts, parts, offset = [], [], 0
+    for v in node.inputs:
+        size = shape_of(v)[axis]
+        local = list(idx)
+        local[axis] = clamp(idx[axis] - offset, size)
+        s, e = kb.element(v, local)
+        stmts += s
+        offset += size
+        parts.append((offset, e))
+    value = parts[-1][1]
+    for end, e in reversed(parts[:-1]):
+        value = K.select(idx[axis].lt(end), e, value)
+    return stmts, value
+
+
+def lower_pad(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
+    x = node.inputs[0]
+    xs = shape_of(x)
+    begins = node.attrs["pads"][:len(xs)]
+    local, checks = [], []
+    for d, size in enumerate(xs):
+        e = idx[d] - begins[d] if begins[d] else idx[d]
+        if begins[d] or shape_of(node.outputs[0])[d] != size:
+            checks.append(in_range(e, size))
+            e = clamp(e, size)
+        local.append(e)
+    s, v = kb.element(x, local)
+    inside = all_of(checks)
+    return s, v if inside is None else K.select(inside, v, node.attrs["value"])
+
+
+def lower_lrn(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
+    x = node.inputs[0]
+    xs = shape_of(x)
+    dtype = kdtype(node.outputs[0])
+    a = node.attrs
+    size = a["size"]
+    lo = (size - 1) // 2
+    j = kb.fresh("j")
+    ch = idx[1] + j - lo
+    sx, xv = kb.load(x, [idx[0], clamp(ch, xs[1]), idx[2], idx[3]])
+    acc = kb.fresh("sq", dtype)
+    loop = K.Loop(j, K.Const(0), K.Const(size),
+                  sx + [K.Assign(acc, acc + K.select(in_range(ch, xs[1]), xv * xv, 0.0))],
+                  "unroll")
+    sc, center = kb.load(x, idx)
+    denom = K.call("pow", acc * (a["alpha"] / size) + a["bias"], K.Const(a["beta"], dtype))
+    return [K.Declare(acc, K.Const(0.0, dtype)), loop] + sc, center / denom
+
+
+LOWERINGS: dict[str, Callable[[KernelBuilder, Node, list[K.Expr]], Element]] = {
+    "Conv": lower_conv, "MaxPool": lower_pool, "AveragePool": lower_pool,
+    "GlobalAveragePool": lower_global_pool, "GlobalMaxPool": lower_global_pool,
+    "Gemm": lower_gemm, "MatMul": lower_gemm, "Flatten": lower_view, "Reshape": lower_view,
+    "Transpose": lower_transpose, "Concat": lower_concat, "Pad": lower_pad, "LRN": lower_lrn,
+}
+
+
+def softmax_rows(kb: KernelBuilder, node: Node) -> list[K.Stmt]:
+    """Softmax/LogSoftmax over the last axis: max, sum of exponentials, then the row."""
+    x, y = node.inputs[0], node.outputs[0]
+    shape = shape_of(y)
+    dtype = kdtype(y)
+    rows, width = math.prod(shape[:-1]), shape[-1]
+    r, j = kb.fresh("r"), kb.fresh("j")
+    base = r * width
+    xin = kb.buffers[x.name]
+    m, s = kb.fresh("m", dtype), kb.fresh("s", dtype)
+    xv = K.Load(xin, base + j)
+    body: list[K.Stmt] = [
+        K.Declare(m, K.Const(-math.inf, dtype)),
+        K.Loop(j, K.Const(0), K.Const(width), [K.Assign(m, K.maximum(m, xv))]),
+        K.Declare(s, K.Const(0.0, dtype)),
+        K.Loop(j, K.Const(0), K.Const(width), [K.Assign(s, s + K.call("exp", xv - m))]),
+    ]
+    if node.op == "Softmax":
+        value = K.call("exp", xv - m) / s
+    else:
+        value = xv - m - K.call("log", s)
+    body.append(K.Loop(j, K.Const(0), K.Const(width), [K.Store(kb.out, base + j, value)],
+                       "vector"))
+    return [K.Loop(r, K.Const(0), K.Const(rows), body, "parallel")]
+
+
+ROW_KERNELS = {"Softmax": softmax_rows, "LogSoftmax": softmax_rows}
+
+
+def unsupported_reason(node: Node) -> str | None:
+    """None if :func:`lower_node` can lower ``node``, else why not."""
+    members = node.attrs["body"].nodes if node.op == "Fused" else [node]
+    for m in members:
+        if m.op in ROW_KERNELS:
+            rank = m.outputs[0].type.rank
+            if m.attrs["axis"] % rank != rank - 1 or len(members) > 1:
+                return f"{m.op} over an axis other than the last (or fused) has no kernel yet"
+        elif m.opdef.scalar is None and m.op not in LOWERINGS:
+            return f"{m.op} has no kernel lowering yet"
+        elif m.op == "Pad" and m.attrs["mode"] != "constant":
+            return f"Pad mode {m.attrs['mode']!r} has no kernel yet"
+        elif m.op == "MatMul" and any(v.type.rank != 2 for v in m.inputs):
+            return "only 2-D MatMul has a kernel yet"
+        elif m.attrs.get("layout") not in (None, "NCHW"):
+            return f"layout {m.attrs['layout']} has no kernel yet"
+        if any(v.type.dtype.value not in ("float32", "float64") for v in m.outputs):
+            return f"{m.op} on {m.outputs[0].type.dtype} has no kernel yet"
+    return None
+
+
+def lower_node(node: Node, name: str) -> K.Kernel:
+    """The kernel computing ``node``'s (single) output."""
+    if len(node.outputs) != 1:
+        raise UnsupportedError(f"node '{node.name}' ({node.op}) has several outputs")
+    return KernelBuilder(node, name).build()

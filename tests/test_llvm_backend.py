@@ -1,0 +1,132 @@
+"""The LLVM backend against the reference backend: single ops, fused groups, whole nets."""
+
+import numpy as np
+import pytest
+from helpers import rel_err
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("llvmlite")
+
+import cnncompiler  # noqa: E402
+from cnncompiler import nn, zoo  # noqa: E402
+from cnncompiler.backends.reference import evaluate  # noqa: E402
+from cnncompiler.errors import InputError, UnsupportedError  # noqa: E402
+from cnncompiler.ir import GraphBuilder  # noqa: E402
+
+RNG = np.random.default_rng(0)
+
+
+def rand(*shape):
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def check(graph, feeds, tol=1e-4, opt_level=2):
+    expected = evaluate(graph, feeds)
+    got = cnncompiler.compile(graph, backend="llvm", opt_level=opt_level)(**feeds)
+    got = got if isinstance(got, tuple) else (got,)
+    for g, e in zip(got, expected):
+        assert g.shape == e.shape and g.dtype == np.float32
+        assert rel_err(g, e) < tol, rel_err(g, e)
+
+
+def one_op(op, x_shape, *params, **attrs):
+    b = GraphBuilder(op.lower())
+    x = b.input("x", x_shape)
+    stored = [b.param(f"p{i}", p) for i, p in enumerate(params)]
+    y = b.op(op, x, *stored, name=op.lower(), **attrs)
+    return b.build(y), {"x": rand(*x_shape)}
+
+
+@pytest.mark.parametrize("attrs,w_shape", [
+    ({}, (4, 3, 3, 3)),
+    ({"strides": (2, 2), "pads": (1, 1, 1, 1), "rounding": "floor"}, (5, 3, 3, 3)),
+    ({"pads": (0, 2, 1, 0), "dilations": (2, 1)}, (4, 3, 3, 2)),
+    ({"group": 3, "pads": (1, 1, 1, 1)}, (6, 1, 3, 3)),          # depthwise
+    ({"group": 3}, (6, 1, 1, 1)),
+    ({}, (7, 3, 1, 1)),                                            # 1x1
+])
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv(attrs, w_shape, bias):
+    params = [rand(*w_shape)] + ([rand(w_shape[0])] if bias else [])
+    check(*one_op("Conv", (2, 3, 9, 8), *params, **attrs))
+
+
+@settings(max_examples=15, deadline=None)
+@given(h=st.integers(3, 11), w=st.integers(3, 11), f=st.integers(1, 3), s=st.integers(1, 3),
+       p=st.integers(0, 2), d=st.integers(1, 2), g=st.sampled_from([1, 2]))
+def test_conv_property(h, w, f, s, p, d, g):
+    if (f - 1) * d + 1 > min(h, w) + 2 * p:
+        return
+    params = [rand(4, 4 // g, f, f), rand(4)]
+    check(*one_op("Conv", (1, 4, h, w), *params, strides=(s, s), pads=(p,) * 4,
+                  dilations=(d, d), group=g, rounding="floor"))
+
+
+@pytest.mark.parametrize("op,attrs", [
+    ("MaxPool", {"kernel_shape": (3, 3), "strides": (2, 2), "rounding": "floor"}),
+    ("MaxPool", {"kernel_shape": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 1),
+                 "rounding": "ceil"}),
+    ("AveragePool", {"kernel_shape": (2, 2), "strides": (2, 2), "rounding": "floor"}),
+    ("AveragePool", {"kernel_shape": (3, 3), "pads": (1, 1, 1, 1), "count_include_pad": True}),
+    ("AveragePool", {"kernel_shape": (3, 3), "pads": (1, 1, 1, 1), "strides": (2, 2),
+                     "rounding": "ceil"}),
+    ("GlobalAveragePool", {}), ("GlobalMaxPool", {}),
+    ("LRN", {"size": 5, "alpha": 1e-3, "bias": 2.0}),
+    ("Softmax", {"axis": -1}), ("LogSoftmax", {"axis": -1}),
+    ("Pad", {"pads": (0, 0, 1, 2, 0, 1, 0, 1), "value": 0.5}),
+    ("Transpose", {"perm": (0, 2, 3, 1)}),
+    ("Flatten", {"axis": 1}),
+    ("Relu", {}), ("Sigmoid", {}), ("Tanh", {}), ("HardSwish", {}), ("Clip", {"min": -0.5}),
+])
+def test_single_ops(op, attrs):
+    check(*one_op(op, (2, 6, 7, 9), **attrs), opt_level=0)
+
+
+def test_gemm_matmul_concat_and_broadcast():
+    b = GraphBuilder("mix")
+    x = b.input("x", (3, 8))
+    y = b.op("Gemm", x, b.param("w", rand(5, 8)), b.param("c", rand(5)), transB=1, alpha=0.5,
+             name="fc")
+    m = b.op("MatMul", x, b.param("m", rand(8, 4)), name="mm")
+    c = b.op("Concat", y, m, axis=1, name="cat")
+    out = b.op("Mul", b.op("Add", c, b.param("bias", rand(9)), name="add"),
+               b.param("s", rand(1, 9)), name="mul")
+    check(b.build(out), {"x": rand(3, 8)}, opt_level=0)
+
+
+@pytest.mark.parametrize("name", ["lenet5", "resnet18", "mobilenet_v2"])
+def test_zoo_nets_match_the_reference(name):
+    net = zoo.get(name)
+    net.init_parameters(1)
+    shape = (1, *net.input_shape[1:])
+    g = net.to_graph(shape)
+    check(g, {"x": rand(*shape)})
+
+
+def test_symbolic_batch_specialises_per_batch():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.GlobalAvgPool2d(),
+                        nn.Flatten(), nn.Linear(4, 2))
+    g = net.to_graph(("N", 3, 8, 8))
+    cm = cnncompiler.compile(g, backend="llvm")
+    for batch in (1, 3, 1):
+        x = rand(batch, 3, 8, 8)
+        assert rel_err(cm(x), evaluate(g, {"x": x})[0]) < 1e-5
+    with pytest.raises(InputError):
+        cm(rand(2, 3, 9, 8))
+    with pytest.raises(InputError, match="dtype"):
+        cm(np.ones((1, 3, 8, 8)))
+
+
+def test_unsupported_ops_are_listed_up_front():
+    b = GraphBuilder("u")
+    x = b.input("x", (1, 2, 4, 4))
+    y = b.op("Resize", x, scales=(1.0, 1.0, 2.0, 2.0), name="up")
+    z = b.op("Pad", y, pads=(0, 0, 1, 1, 0, 0, 1, 1), mode="reflect", name="reflect")
+    with pytest.raises(UnsupportedError, match=r"2 node\(s\)[\s\S]*up \(Resize\)[\s\S]*reflect"):
+        cnncompiler.compile(b.build(z), backend="llvm")
+
+
+def test_backend_is_listed_as_available():
+    status = cnncompiler.backends.available()["llvm"]
+    assert status.ok and "LLVM" in status.reason
