@@ -239,9 +239,11 @@ def test_vectorises_and_uses_fma(engine):
 def test_loop_kind_hints_and_object_code(engine):
     assert "llvm.loop" not in str(render_module([elementwise("plain", lambda v: v)], "p"))
     kernel = elementwise("hinted2", lambda v: v * 3.0)
-    kernel.body[0].kind = "vector"
+    kernel.body[0].kind = "unroll"
     text = str(render_module([kernel], "hints2"))
-    assert "llvm.loop.vectorize.enable" in text
+    assert "llvm.loop.unroll.enable" in text
+    kernel.body[0].kind = "vector"  # left to LLVM's cost model: no forced hint
+    assert "llvm.loop" not in str(render_module([kernel], "hints3"))
     obj = engine.emit_object(render_module([kernel], "aot"))
     assert obj[:4] == b"\x7fELF"
     assert engine.cpu_name and engine.cpu_features

@@ -283,7 +283,7 @@ class _KernelRenderer:
         index.add_incoming(nxt, latch)
         back = b.branch(header)
         hints = _LOOP_HINTS.get(s.kind)
-        if hints is None and s.kind not in ("serial", "parallel"):
+        if hints is None and s.kind not in ("serial", "parallel", "vector"):
             raise self.error(f"unknown loop kind {s.kind!r} on loop '{name}'")
         if hints:
             back.set_metadata("llvm.loop", _loop_id(self.module, hints))
