@@ -56,8 +56,11 @@ class KernelBuilder:
     # -------------------------------------------------------------------- kernel
     def build(self) -> K.Kernel:
         anchor = self.producers[self.output.name]
+        first = self.members[0]
         if len(self.members) == 1 and anchor.op in ROW_KERNELS:
             body = ROW_KERNELS[anchor.op](self, anchor)
+        elif first.op == "Conv" and first.inputs[0].name in self.buffers:
+            body = conv_rows(self, first)
         else:
             shape = shape_of(self.output)
             idx = [self.names.var("i") for _ in shape]
@@ -366,6 +369,83 @@ def softmax_rows(kb: KernelBuilder, node: Node) -> list[K.Stmt]:
 
 
 ROW_KERNELS = {"Softmax": softmax_rows, "LogSoftmax": softmax_rows}
+
+
+def conv_rows(kb: KernelBuilder, conv: Node) -> list[K.Stmt]:
+    """Direct convolution scheduled by output rows.
+
+    For each (n, k, oh) the row starts as the bias; then, per input channel, one pass over
+    the output columns adds every kernel tap that stays inside the image, so each load and
+    store of the output row carries up to F_h·F_w multiply-adds and the inner loop is a
+    branch-free sum LLVM vectorises. Bounds are resolved here, at compile time: interior rows
+    take all F_h kernel rows at once, border rows test each kernel row; column segments near
+    the left/right edges take only their valid taps. The fused epilogue then runs over the
+    finished row in place.
+    """
+    x, w = conv.inputs[0], conv.inputs[1]
+    bias = conv.inputs[2] if len(conv.inputs) > 2 else None
+    (n_, c_, h_, w_), (k_, cg, fh, fw) = shape_of(x), shape_of(w)
+    y = conv.outputs[0]
+    oh_, ow_ = shape_of(y)[2:]
+    a = conv.attrs
+    (sh, sw), (pt, pl), (dh, dw) = a["strides"], a["pads"][:2], a["dilations"]
+    kg = k_ // a["group"]
+    dtype = kdtype(y)
+    xin, win = kb.buffers[x.name], kb.buffers[w.name]
+    nk, oh, c, i, col = (kb.fresh(s) for s in ("nk", "oh", "c", "i", "ow"))
+    n, k = nk // k_, nk % k_
+    row = (nk * oh_ + oh) * ow_
+    chan = (k // kg) * cg + c if a["group"] > 1 else c
+    # output columns [lo_j, hi_j) whose input column ow*sw + j*dw - pl lies in [0, W)
+    ranges = [(max(0, -(-(pl - j * dw) // sw)), min(ow_, (w_ - 1 + pl - j * dw) // sw + 1))
+              for j in range(fw)]
+
+    def segments() -> list[tuple[int, int, list[int]]]:
+        """Column segments with the kernel columns valid over all of each."""
+        cuts = sorted({0, ow_} | {p for lo, hi in ranges if lo < hi for p in (lo, hi)})
+        out = []
+        for lo, hi in zip(cuts, cuts[1:]):
+            js = [j for j, (a_, b_) in enumerate(ranges) if a_ <= lo and hi <= b_]
+            if js:
+                out.append((lo, hi, js))
+        return out
+
+    def tap_pass(rows: list[K.Expr]) -> list[K.Stmt]:
+        """out[row] += sum over kernel rows ``rows`` (index exprs) and valid columns."""
+        stmts = []
+        for lo, hi, js in segments():
+            total: K.Expr = K.Load(kb.out, row + col)
+            for ki in rows:
+                x_row = ((n * c_ + chan) * h_ + (oh * sh + ki * dh - pt)) * w_
+                for j in js:
+                    wv = K.Load(win, ((k * cg + c) * fh + ki) * fw + j)
+                    total = total + K.Load(xin, x_row + col * sw + (j * dw - pl)) * wv
+            stmts.append(K.Loop(col, K.Const(lo), K.Const(hi),
+                                [K.Store(kb.out, row + col, total)], "vector"))
+        return stmts
+
+    init: K.Expr = K.Const(0.0, dtype)
+    if bias is not None:
+        init = kb.element(bias, [k])[1]
+    start = [K.Loop(col, K.Const(0), K.Const(ow_), [K.Store(kb.out, row + col, init)],
+                    "vector")]
+    finish: list[K.Stmt] = []
+    if kb.members[-1] is not conv:   # the fused epilogue, reading the conv result in place
+        kb.buffers[y.name] = kb.out
+        stmts, value = kb.element(kb.output, [n, k, oh, col])
+        finish = [K.Loop(col, K.Const(0), K.Const(ow_),
+                         stmts + [K.Store(kb.out, row + col, value)], "vector")]
+    # rows whose every kernel row is inside the image
+    top = min(oh_, max(0, -(-pt // sh)))
+    bottom = max(top, min(oh_, (h_ - 1 + pt - (fh - 1) * dh) // sh + 1))
+    border = start + [K.Loop(c, K.Const(0), K.Const(cg), [K.Loop(i, K.Const(0), K.Const(fh), [
+        K.If(in_range(oh * sh + i * dh - pt, h_), tap_pass([i]))])])] + finish
+    inner = start + [K.Loop(c, K.Const(0), K.Const(cg),
+                            tap_pass([K.Const(r) for r in range(fh)]))] + finish
+    rows = [K.Loop(oh, K.Const(lo), K.Const(hi), body)
+            for lo, hi, body in ((0, top, border), (top, bottom, inner), (bottom, oh_, border))
+            if lo < hi]
+    return [K.Loop(nk, K.Const(0), K.Const(n_ * k_), rows, "parallel")]
 
 
 def unsupported_reason(node: Node) -> str | None:
