@@ -1,10 +1,23 @@
-"""Shared test helpers: run one op's reference, compare relative error."""
+"""Shared test helpers: run one op's reference, compare relative error, compile for a backend
+or skip where the backend reports the model unsupported."""
 
 from __future__ import annotations
 
+import os
+import re
+
 import numpy as np
 
+from cnncompiler.errors import UnsupportedError
 from cnncompiler.ops.registry import get_op
+
+#: ``CNNC_FULL_CONFORMANCE=1`` runs the slow backend/model combinations too.
+FULL_CONFORMANCE = os.environ.get("CNNC_FULL_CONFORMANCE") == "1"
+
+# How Backend.check_supported words its error: the backend's ``supports`` rejected nodes of
+# the graph (reported up front, before any code is generated).
+_REJECTED_NODES = re.compile(r"^backend '[^']*' cannot compile \d+ node\(s\)")
+_REJECTED_LINE = re.compile(r"^\s+.* \([^()]+\): (?P<why>.*)$")
 
 
 def run_ref(op: str, inputs, **attrs):
@@ -17,3 +30,40 @@ def run_ref(op: str, inputs, **attrs):
 def rel_err(out, ref) -> float:
     out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
     return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-300))
+
+
+def rejected_nodes(error: BaseException) -> list[str] | None:
+    """The distinct reasons when ``error`` is a backend's up-front report that its
+    ``supports`` rejects nodes of the graph; None for any other error (a real failure)."""
+    if not isinstance(error, UnsupportedError):
+        return None
+    lines = str(error).splitlines()
+    if not lines or not _REJECTED_NODES.match(lines[0]):
+        return None
+    reasons: list[str] = []
+    for line in lines[1:]:
+        m = _REJECTED_LINE.match(line)
+        why = m.group("why") if m else line.strip()
+        if why and why not in reasons:
+            reasons.append(why)
+    return reasons
+
+
+def compile_or_skip(graph, backend: str):
+    """``cnncompiler.compile(graph, backend=backend)``; skips the test, with the backend's own
+    message, where the backend is unavailable here or rejects nodes of the graph."""
+    import pytest
+
+    import cnncompiler
+    from cnncompiler.backends import available
+
+    status = available().get(backend)
+    if status is None or not status.ok:
+        pytest.skip(f"backend {backend!r} is not available: "
+                    f"{status.reason if status else 'unknown backend'}")
+    try:
+        return cnncompiler.compile(graph, backend=backend)
+    except UnsupportedError as e:
+        if rejected_nodes(e) is None:
+            raise
+        pytest.skip(str(e))

@@ -16,9 +16,17 @@ expected outputs of its reference implementation) offline. This module
 - builds ``BackendTest(backend, __name__)`` with ``include`` of the allowlist and ``exclude``
   of the excluded cases.
 
-Every allowlisted case must pass; a failing one is a bug. ``python tests/onnx_conformance.py
---docs docs/onnx_coverage.md`` runs the suite on every available backend and writes the
-coverage table.
+On every backend, every allowlisted case must pass, with two exceptions:
+
+- *unsupported* on that backend: its model has nodes the backend's ``supports`` rejects
+  (``compile`` says so up front: "backend 'llvm' cannot compile N node(s)"). Such a case is
+  neither a pass nor a failure: it is skipped ("unsupported on llvm") and counted apart.
+  Any other error, an ``UnsupportedError`` raised later included, is a failure;
+- a *known failure*: listed in ``KNOWN_FAILURES`` for that backend with the bug it shows,
+  until the bug is fixed (it then runs as an expected failure; one that passes must go).
+
+``python tests/onnx_conformance.py --docs docs/onnx_coverage.md`` runs every allowlisted case
+on every available backend and writes the coverage table.
 """
 
 from __future__ import annotations
@@ -38,10 +46,12 @@ from typing import Any
 
 import numpy as np
 import onnx
+from helpers import rejected_nodes
 from onnx import numpy_helper
 from onnx.backend.base import Backend, BackendRep
 
 import cnncompiler
+from cnncompiler.errors import UnsupportedError
 from cnncompiler.frontends.onnx import load
 from cnncompiler.frontends.onnx.converters import CONVERTERS
 from cnncompiler.frontends.onnx.reader import MIN_OPSET
@@ -193,6 +203,16 @@ EXCLUDE: list[tuple[str, str]] = [
      r"interleaved)?_expanded$", "empty (zero-size) tensors: a Split with an empty part"),
 ]
 
+# Allowlisted cases that fail on one backend because of a known bug, by backend: case name ->
+# the bug (where it is, what is wrong). They run as expected failures, strictly: one that
+# passes must be removed from here. A bug, never a scope decision (those go in EXCLUDE, which
+# holds for every backend); an op a backend lacks needs no entry either (its ``supports``
+# rejects it, and the case is reported as unsupported there).
+KNOWN_FAILURES: dict[str, dict[str, str]] = {
+    "reference": {},
+    "llvm": {},
+}
+
 # element types our importer takes: of graph inputs and outputs, and (widening int32) of
 # initializers and constants
 SUPPORTED_ELEM_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.INT64,
@@ -343,36 +363,69 @@ def backend_test(backend_name: str, module: str = __name__):
     return bt
 
 
+class UnsupportedOnBackend(unittest.SkipTest):
+    """A case whose model has nodes the backend's ``supports`` rejects: skipped as
+    "unsupported on <backend>"; ``reasons`` are the backend's distinct reasons."""
+
+    def __init__(self, backend: str, reasons: list[str]):
+        super().__init__(f"unsupported on {backend}")
+        self.backend = backend
+        self.reasons = reasons
+
+
 def node_test_methods(bt) -> dict[str, Any]:
-    """Allowlisted case name -> a callable running it (raises on failure)."""
+    """Allowlisted case name -> a callable running it: raises ``UnsupportedOnBackend`` where
+    the backend rejects nodes of the case's model, any other exception on failure."""
     cls = bt.test_cases["OnnxBackendNodeModelTest"]
+    backend_name = bt.backend.name
     out = {}
     for name in allowlist():
         method = f"{name}_cpu"
         if getattr(getattr(cls, method), "__unittest_skip__", False):
             raise AssertionError(f"{method} is allowlisted but BackendTest skips it")
-        out[name] = functools.partial(_run_one, cls, method)
+        out[name] = functools.partial(_run_one, cls, method, backend_name)
     return out
 
 
-def _run_one(cls: type[unittest.TestCase], method: str) -> None:
-    getattr(cls(method), method)()
+def _run_one(cls: type[unittest.TestCase], method: str, backend_name: str) -> None:
+    try:
+        getattr(cls(method), method)()
+    except UnsupportedError as e:
+        reasons = rejected_nodes(e)
+        if reasons is None:
+            raise
+        raise UnsupportedOnBackend(backend_name, reasons) from e
 
 
 # ------------------------------------------------------------------------ coverage report
-def run_all(backend_name: str) -> dict[str, str]:
-    """Case name -> "" when it passed, else the first line of its failure."""
-    results = {}
-    for name, fn in node_test_methods(backend_test(backend_name)).items():
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                fn()
-            results[name] = ""
-        except Exception as e:  # a failing case is reported, not raised
-            lines = str(e).strip().splitlines() or [""]
-            results[name] = f"{type(e).__name__}: {lines[0][:200]}"
-    return results
+PASSED, UNSUPPORTED, KNOWN_FAILURE, FAILED = "passed", "unsupported", "known failures", "failed"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str       # PASSED, UNSUPPORTED, KNOWN_FAILURE or FAILED
+    detail: str = ""  # the backend's reasons (unsupported), the error's first line (failures)
+
+
+def run_case(fn: Any, backend_name: str, name: str) -> Outcome:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fn()
+    except UnsupportedOnBackend as e:
+        return Outcome(UNSUPPORTED, "; ".join(e.reasons))
+    except Exception as e:  # a failing case is reported, not raised
+        lines = str(e).strip().splitlines() or [""]
+        why = f"{type(e).__name__}: {lines[0][:200]}"
+        known = KNOWN_FAILURES.get(backend_name, {}).get(name)
+        return Outcome(KNOWN_FAILURE, f"{known} ({why})") if known else Outcome(FAILED, why)
+    return Outcome(PASSED)
+
+
+def run_all(backend_name: str) -> dict[str, Outcome]:
+    """Every allowlisted case on ``backend_name``: case name -> its outcome."""
+    return {name: run_case(fn, backend_name, name)
+            for name, fn in node_test_methods(backend_test(backend_name)).items()}
 
 
 def op_family(op: str) -> str:
@@ -385,30 +438,37 @@ def op_family(op: str) -> str:
     return opdef.module.rpartition(".")[2] or "?"
 
 
-def coverage_markdown(results: dict[str, dict[str, str]]) -> str:
+def coverage_markdown(results: dict[str, dict[str, Outcome]]) -> str:
     backends = list(results)
     per_op: dict[str, list[Case]] = defaultdict(list)
     for c in cases():
         per_op[c.op].append(c)
     ops = sorted(per_op, key=lambda op: (op_family(op), op))
+    # (backend, status) columns: "passed" always; the others where a backend has any
+    columns = [(b, status) for b in backends for status in (PASSED, UNSUPPORTED, KNOWN_FAILURE)
+               if status == PASSED or any(o.status == status for o in results[b].values())]
 
     def row(label: str, group: list[Case], bold: bool = False) -> str:
         listed = [c.name for c in group if not c.excluded]
         cells = [str(len(group)), str(len(listed))]
-        cells += [str(sum(1 for n in listed if results[b].get(n) == "")) for b in backends]
+        cells += [str(sum(1 for n in listed if results[b][n].status == status))
+                  for b, status in columns]
         if bold:
             label, cells = f"**{label}**", [f"**{x}**" for x in cells]
         return f"| {label} | " + " | ".join(cells) + " |"
 
     every = list(cases())
-    head = " | ".join(f"{b} passed" for b in backends)
-    rule = "|" + " --- |" * (3 + len(backends))
+    head = " | ".join(f"{b} {status}" for b, status in columns)
+    rule = "|" + " --- |" * (3 + len(columns))
     lines = ["# ONNX backend conformance coverage", "",
              "Generated by `python tests/onnx_conformance.py --docs docs/onnx_coverage.md` from "
              f"the node test cases of onnx {onnx.__version__}; `tests/test_onnx_conformance.py` "
-             "runs the allowlisted cases. A case belongs to an op we support (our op registry "
-             "and the importer's converters) by its name and its model; it is allowlisted unless "
-             "excluded below, and every allowlisted case must pass.", "",
+             "runs the allowlisted cases on every backend. A case belongs to an op we support "
+             "(our op registry and the importer's converters) by its name and its model; it is "
+             "allowlisted unless excluded below. On each backend every allowlisted case must "
+             "pass, unless it is *unsupported* there (its model has nodes the backend's "
+             "`supports` rejects, which `compile` reports up front: neither a pass nor a "
+             "failure) or a *known failure* (a bug listed in `KNOWN_FAILURES`).", "",
              "## By op family", "", f"| family | cases | allowlisted | {head} |", rule]
     for family in sorted({op_family(op) for op in ops}):
         lines.append(row(family, [c for c in every if op_family(c.op) == family]))
@@ -416,11 +476,25 @@ def coverage_markdown(results: dict[str, dict[str, str]]) -> str:
               "## By op", "", f"| op (family) | cases | allowlisted | {head} |", rule]
     lines += [row(f"{op} ({op_family(op)})", per_op[op]) for op in ops]
     lines.append(row("total", every, bold=True))
-    failures = [(b, name, why) for b in backends for name, why in results[b].items() if why]
-    if failures:
-        lines += ["", "## Failing allowlisted cases", "", "| backend | case | error |",
-                  "| --- | --- | --- |"]
-        lines += [f"| {b} | `{name}` | {why.replace('|', '/')} |" for b, name, why in failures]
+    for b in backends:
+        why_count: dict[str, int] = defaultdict(int)
+        for o in results[b].values():
+            if o.status == UNSUPPORTED:
+                for why in o.detail.split("; "):
+                    why_count[why] += 1
+        if why_count:
+            lines += ["", f"## Unsupported on {b}", "",
+                      f"Why {b}'s `supports` rejects the unsupported cases (a case may have "
+                      "several reasons).", "", "| reason | cases |", "| --- | --- |"]
+            lines += [f"| {why.replace('|', '/')} | {n} |"
+                      for why, n in sorted(why_count.items(), key=lambda x: (-x[1], x[0]))]
+    for title, status in (("Known failures", KNOWN_FAILURE),
+                          ("Failing allowlisted cases", FAILED)):
+        found = [(b, name, o.detail) for b in backends for name, o in results[b].items()
+                 if o.status == status]
+        if found:
+            lines += ["", f"## {title}", "", "| backend | case | error |", "| --- | --- | --- |"]
+            lines += [f"| {b} | `{name}` | {why.replace('|', '/')} |" for b, name, why in found]
     lines += ["", "## Excluded cases", "", "| case | op | reason |", "| --- | --- | --- |"]
     lines += [f"| `{c.name}` | {c.op} | {c.excluded} |" for c in every if c.excluded]
     return "\n".join(lines) + "\n"
@@ -434,16 +508,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from cnncompiler.backends import available
 
-    names = args.backend or [name for name, s in available().items() if s.ok]
+    names = args.backend or sorted((name for name, s in available().items() if s.ok),
+                                   key=lambda name: (name != "reference", name))
     results = {}
     for name in names:
         start = time.perf_counter()
         results[name] = run_all(name)
-        bad = {k: v for k, v in results[name].items() if v}
-        print(f"{name}: {len(results[name]) - len(bad)}/{len(results[name])} passed "
-              f"in {time.perf_counter() - start:.1f}s")
-        for k, v in bad.items():
-            print(f"  FAIL {k}: {v}")
+        counts = {status: sum(1 for o in results[name].values() if o.status == status)
+                  for status in (PASSED, UNSUPPORTED, KNOWN_FAILURE, FAILED)}
+        print(f"{name}: " + ", ".join(f"{n} {status}" for status, n in counts.items())
+              + f" of {len(results[name])} in {time.perf_counter() - start:.1f}s")
+        for k, o in results[name].items():
+            if o.status == FAILED:
+                print(f"  FAIL {k}: {o.detail}")
+        for k in KNOWN_FAILURES.get(name, {}):
+            if results[name].get(k, Outcome(FAILED)).status == PASSED:
+                print(f"  {k} passes: remove it from KNOWN_FAILURES[{name!r}]")
     text = coverage_markdown(results)
     if args.docs:
         with open(args.docs, "w") as f:

@@ -182,6 +182,28 @@ def test_integer_floor_div_and_mod(engine):
     np.testing.assert_array_equal(rs, (idx - 30) % 5 + (30 - idx) % -3 + (idx - 31) % -2)
 
 
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+def test_float_floor_div_and_mod_of_exact_multiples(engine, dtype):
+    """Float ``//`` divides exactly: under fast-math ``arcp`` x / 41 became x * fl(1/41),
+    just below 1 for x = 41, and floor made 41 // 41 == 0."""
+    n, divisors = 256, range(1, 100)
+    np_dtype = np.float32 if dtype == "f32" else np.float64
+    x = K.Buffer("x", dtype, n)
+    q, r = K.Buffer("q", dtype, n * len(divisors)), K.Buffer("r", dtype, n * len(divisors))
+    i = K.Var("i")
+    body = []
+    for j, d in enumerate(divisors):
+        v = K.Load(x, i) * float(d)  # exact multiples of d, of either sign
+        body += [K.Store(q, i + j * n, v // float(d)), K.Store(r, i + j * n, v % float(d))]
+    kernel = K.Kernel(f"floordiv_{dtype}", [x, q, r],
+                      [K.Loop(i, K.Const(0), K.Const(n), body)])
+    xs = np.arange(-n // 2, n // 2).astype(np_dtype)
+    qs, rs = np.zeros(n * len(divisors), np_dtype), np.zeros(n * len(divisors), np_dtype)
+    run(engine, kernel, xs, qs, rs)
+    np.testing.assert_array_equal(qs, np.tile(xs, len(divisors)))
+    np.testing.assert_array_equal(rs, 0.0)
+
+
 def test_entry_runs_kernels_at_arena_offsets(engine):
     n = 100
     x, y = K.Buffer("x", "f32", n), K.Buffer("y", "f32", n)

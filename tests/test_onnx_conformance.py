@@ -2,7 +2,9 @@
 
 The allowlist, the exclusions and the ``BackendTest`` harness live in ``onnx_conformance.py``;
 each allowlisted case is one test per backend here. A backend joins the suite by being added
-to ``BACKENDS``; one that is not available on this machine is skipped, saying why.
+to ``BACKENDS``; one that is not available on this machine is skipped, saying why. A case
+whose model has nodes a backend's ``supports`` rejects is skipped as "unsupported on
+<backend>"; one listed in ``KNOWN_FAILURES`` for a backend is a strict expected failure.
 """
 
 import functools
@@ -10,9 +12,12 @@ import re
 
 import onnx
 import pytest
+from helpers import rejected_nodes
 from onnx import numpy_helper
 from onnx_conformance import (
     EXCLUDE,
+    KNOWN_FAILURES,
+    UnsupportedOnBackend,
     allowlist,
     backend_test,
     cases,
@@ -23,8 +28,10 @@ from onnx_conformance import (
 
 from cnncompiler.backends import available
 from cnncompiler.errors import CnnCompilerError, UnsupportedError
+from cnncompiler.frontends.onnx import load
+from cnncompiler.runtime.backend import Backend
 
-BACKENDS = ["reference"]
+BACKENDS = ["reference", "llvm"]
 
 ALLOWLIST = allowlist()
 
@@ -41,7 +48,49 @@ def _methods(backend: str) -> dict:
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", ALLOWLIST)
 def test_onnx_node(case, backend):
-    _methods(backend)[case]()
+    run = _methods(backend)[case]
+    bug = KNOWN_FAILURES.get(backend, {}).get(case)
+    try:
+        run()
+    except UnsupportedOnBackend as e:  # neither a pass nor a failure
+        pytest.skip(str(e))
+    except Exception as e:
+        if bug is None:
+            raise
+        pytest.xfail(f"known failure on {backend}: {bug} ({type(e).__name__}: {e})")
+    if bug is not None:
+        pytest.fail(f"{case} passes on {backend}: remove it from KNOWN_FAILURES[{backend!r}]")
+
+
+def test_known_failures_name_allowlisted_cases():
+    assert set(KNOWN_FAILURES) <= set(BACKENDS)
+    for backend, listed in KNOWN_FAILURES.items():
+        for case, bug in listed.items():
+            assert case in ALLOWLIST, (backend, case)
+            assert bug.strip(), (backend, case)
+
+
+def test_unsupported_is_told_from_failures():
+    """Only a backend's up-front report that ``supports`` rejects nodes counts as unsupported;
+    any other UnsupportedError is a failure."""
+
+    class Picky(Backend):
+        name = "picky"
+
+        def supports(self, node):
+            return f"{node.op} is not wanted" if node.op == "Relu" else None
+
+        def compile(self, graph, **options):
+            raise UnsupportedError("found out too late")
+
+    graph = load(node_tests()["test_relu"].model)
+    with pytest.raises(UnsupportedError) as up_front:
+        Picky().check_supported(graph)
+    assert rejected_nodes(up_front.value) == ["Relu is not wanted"]
+    with pytest.raises(UnsupportedError) as late:
+        Picky().compile(graph)
+    assert rejected_nodes(late.value) is None
+    assert rejected_nodes(ValueError(str(up_front.value))) is None
 
 
 def test_allowlist_covers_the_core_cnn_ops():

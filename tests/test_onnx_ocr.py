@@ -3,6 +3,9 @@ the rapidocr-onnxruntime 1.4.4 wheel, run on scikit-image's scanned page, agains
 
 The wheel is installed with ``pip install --no-deps rapidocr-onnxruntime==1.4.4`` (.ci/run
 does so); its model files are located through package metadata, without importing it.
+
+Every backend runs the classifier; the llvm backend runs the detector only with
+``CNNC_FULL_CONFORMANCE=1`` (and is skipped, with its own message, while it lacks Resize).
 """
 
 import importlib.metadata
@@ -10,10 +13,9 @@ import importlib.metadata
 import numpy as np
 import onnx
 import pytest
-from helpers import rel_err
+from helpers import FULL_CONFORMANCE, compile_or_skip, rel_err
 from onnx_models import check_passes_preserve_numerics, expose_inputs_of, run_onnxruntime
 
-import cnncompiler
 from cnncompiler.frontends.onnx import load
 
 pytest.importorskip("onnxruntime")
@@ -37,32 +39,40 @@ def page_rgb(height: int, width: int) -> np.ndarray:
     return np.repeat(gray[None], 3, axis=0)
 
 
-def compare(path: str, x: np.ndarray, final_op: str) -> list[float]:
+def compare(path: str, x: np.ndarray, final_op: str, backend: str) -> list[float]:
     model = expose_inputs_of(onnx.load(path), final_op)
     graph = load(model, input_shapes={"x": x.shape})
     expected = run_onnxruntime(model, {"x": x})
-    got = cnncompiler.compile(graph, backend="reference")(x=x)
+    got = compile_or_skip(graph, backend)(x=x)
     got = got if isinstance(got, tuple) else (got,)
+    assert len(got) == len(expected)
     for g, e in zip(got, expected):
         assert g.shape == e.shape
     np.testing.assert_allclose(got[0], expected[0], atol=2e-5, rtol=0)  # probabilities
-    check_passes_preserve_numerics(graph, {"x": x})
+    if backend == "reference":  # the passes' check is the same for every backend
+        check_passes_preserve_numerics(graph, {"x": x})
     return [rel_err(g, e) for g, e in zip(got, expected)]
 
 
-def test_ppocr_direction_classifier_on_a_real_page():
+FULL_ONLY = pytest.mark.skipif(not FULL_CONFORMANCE, reason="runs with CNNC_FULL_CONFORMANCE=1")
+
+
+@pytest.mark.parametrize("backend", ["reference", "llvm"])
+def test_ppocr_direction_classifier_on_a_real_page(backend):
     path = model_path("ch_ppocr_mobile_v2.0_cls_infer.onnx")
     x = ((page_rgb(48, 192) - 0.5) / 0.5)[None].astype(np.float32)
-    errors = compare(path, x, "Softmax")
-    print(f"ppocr cls: relative errors {[f'{e:.2e}' for e in errors]}")
+    errors = compare(path, x, "Softmax", backend)
+    print(f"ppocr cls on {backend}: relative errors {[f'{e:.2e}' for e in errors]}")
     assert max(errors) < 1e-4
 
 
-def test_ppocr_v4_text_detector_on_a_real_page():
+@pytest.mark.parametrize("backend", ["reference", pytest.param("llvm", marks=FULL_ONLY)])
+def test_ppocr_v4_text_detector_on_a_real_page(backend):
     path = model_path("ch_PP-OCRv4_det_infer.onnx")
     mean = np.array([0.485, 0.456, 0.406], np.float32).reshape(3, 1, 1)
     std = np.array([0.229, 0.224, 0.225], np.float32).reshape(3, 1, 1)
     x = ((page_rgb(192, 384) - mean) / std)[None].astype(np.float32)
-    errors = compare(path, x, "Sigmoid")
-    print(f"ppocr det: relative errors (probabilities, logits) {[f'{e:.2e}' for e in errors]}")
+    errors = compare(path, x, "Sigmoid", backend)
+    print(f"ppocr det on {backend}: relative errors (probabilities, logits) "
+          f"{[f'{e:.2e}' for e in errors]}")
     assert errors[1] < 1e-4  # logits; the probabilities are checked absolutely above

@@ -20,6 +20,8 @@ Translation rules (the renderer only translates; schedules are decided upstream)
   ``fast`` except ``nnan``/``ninf``): reassociation lets reductions vectorise, contraction
   turns multiply-adds into FMAs. ``nnan``/``ninf`` are left out on purpose: kernels use
   ``-inf`` as the neutral element of max-reductions, which ``ninf`` would make poison.
+* Float ``//`` is ``floor(x / y)`` with a correctly rounded division (no ``arcp``: a
+  reciprocal multiply can land just below an exact integer quotient).
 * Integer ``//`` and ``%`` have Python (floor) semantics for any signs; LLVM removes the
   sign correction where it can prove the operands non-negative (loop indices). Integer
   ``/`` is floor division too.
@@ -408,7 +410,10 @@ class _KernelRenderer:
                              b.xor(b.fcmp_ordered("<", r, zero), b.fcmp_ordered("<", y, zero)))
                 return b.select(fix, b.fadd(r, y, flags=fm), r)
             if op == "//":
-                q = b.fdiv(x, y, flags=fm)
+                # an exact quotient: with arcp, x / c becomes x * (1/c), which is just below
+                # an integer for some exact multiples (41 * fl(1/41) < 1), and floor then
+                # drops a whole unit
+                q = b.fdiv(x, y, flags=_exact(fm))
                 fn = self.decls.get(f"llvm.floor.{_suffix(dtype)}", x.type, [x.type])
                 return b.call(fn, [q], fastmath=fm)
             raise self.error(f"unsupported float operator {op!r}")
@@ -544,6 +549,11 @@ class _KernelRenderer:
             if dst == "i1":
                 return b.icmp_signed("!=", value, ir.Constant(value.type, 0))
         raise self.error(f"cannot cast {src} to {dst}")
+
+
+def _exact(fastmath: tuple[str, ...]) -> tuple[str, ...]:
+    """``fastmath`` without the flags that let LLVM change a result's rounding."""
+    return tuple(f for f in fastmath if f not in ("reassoc", "arcp", "afn", "fast"))
 
 
 def _suffix(dtype: str) -> str:

@@ -360,11 +360,19 @@ def softmax_rows(kb: KernelBuilder, node: Node) -> list[K.Stmt]:
         K.Loop(j, K.Const(0), K.Const(width), [K.Assign(s, s + K.call("exp", xv - m))]),
     ]
     if node.op == "Softmax":
-        value = K.call("exp", xv - m) / s
+        body.append(K.Loop(j, K.Const(0), K.Const(width),
+                           [K.Store(kb.out, base + j, K.call("exp", xv - m) / s)], "vector"))
     else:
-        value = xv - m - K.call("log", s)
-    body.append(K.Loop(j, K.Const(0), K.Const(width), [K.Store(kb.out, base + j, value)],
-                       "vector"))
+        # store x - max first and subtract log(sum) from that: fast-math reassociation of
+        # x - m - log(s) into x - (m + log s) loses precision for large inputs
+        shifted = K.Load(kb.out, base + j)
+        body[2:] = [K.Loop(j, K.Const(0), K.Const(width), [K.Store(kb.out, base + j, xv - m)],
+                           "vector"),
+                    K.Declare(s, K.Const(0.0, dtype)),
+                    K.Loop(j, K.Const(0), K.Const(width),
+                           [K.Assign(s, s + K.call("exp", shifted))]),
+                    K.Loop(j, K.Const(0), K.Const(width),
+                           [K.Store(kb.out, base + j, shifted - K.call("log", s))], "vector")]
     return [K.Loop(r, K.Const(0), K.Const(rows), body, "parallel")]
 
 

@@ -194,11 +194,21 @@ def _variadic_flops(per_input: int, extra: int = 0) -> Callable[[InferContext], 
 
 
 def _variadic(name: str, doc: str, fn: Callable[[list[np.ndarray]], np.ndarray],
-              allowed: tuple[DType, ...], extra_flops: int = 0) -> OpDef:
+              allowed: tuple[DType, ...], extra_flops: int = 0,
+              combine: Callable | None = None) -> OpDef:
+    """``combine(a, b)`` folds two kernel-IR elements (the op's scalar form, left to right)."""
+
+    def scalar(xs, attrs):
+        total = xs[0]
+        for x in xs[1:]:
+            total = combine(total, x)
+        return total / float(len(xs)) if name == "Mean" else total
+
     return register(OpDef(
         name=name, doc=doc, inputs=(Input("inputs", variadic=True),), attrs=(),
         infer=_variadic_infer(allowed), reference=lambda inputs, attrs: fn(list(inputs)),
         flops=_variadic_flops(1, extra_flops), fusion=FusionKind.BROADCAST,
+        scalar=None if combine is None else scalar,
     ))
 
 
@@ -215,13 +225,13 @@ def _mean(xs: list[np.ndarray]) -> np.ndarray:
 
 
 MAX = _variadic("Max", "elementwise maximum of any number of inputs (numpy broadcasting)",
-                _fold(np.maximum), NUMERIC)
+                _fold(np.maximum), NUMERIC, combine=K.maximum)
 MIN = _variadic("Min", "elementwise minimum of any number of inputs (numpy broadcasting)",
-                _fold(np.minimum), NUMERIC)
+                _fold(np.minimum), NUMERIC, combine=K.minimum)
 SUM = _variadic("Sum", "elementwise sum of any number of inputs (numpy broadcasting)",
-                _fold(np.add), FLOAT)
+                _fold(np.add), FLOAT, combine=lambda a, b: a + b)
 MEAN = _variadic("Mean", "elementwise mean of any number of inputs (numpy broadcasting)",
-                 _mean, FLOAT, extra_flops=1)
+                 _mean, FLOAT, extra_flops=1, combine=lambda a, b: a + b)
 
 
 # ------------------------------------------------------------------------------- Where
