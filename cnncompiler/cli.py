@@ -219,5 +219,87 @@ def run(model: str, backend: str, seed: int, batch: int, inputs: tuple[str, ...]
             click.echo(f"  batch {b} top {len(idx)}: {tops}")
 
 
+def _split(items: tuple[str, ...] | str, convert=str) -> list:
+    """Comma-separated lists, also given as repeated arguments: ``a,b c`` -> [a, b, c]."""
+    items = (items,) if isinstance(items, str) else items
+    return [convert(p.strip()) for item in items for p in item.split(",") if p.strip()]
+
+
+def _int_list(ctx, param, value: str) -> list[int]:
+    try:
+        out = _split(value, int)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: use a comma-separated list of integers") from None
+    if not out or min(out) < 1:
+        raise click.BadParameter(f"{value!r}: use positive integers, e.g. 1,8")
+    return out
+
+
+@main.command()
+@click.argument("models", nargs=-1, required=True)
+@click.option("--backends", default="llvm,onnxruntime", show_default=True,
+              help="comma-separated cnncompiler backends and peers (onnxruntime, the baseline, "
+                   "is always run; torch when installed)")
+@click.option("--batch", "batches", default="1", show_default=True, callback=_int_list,
+              help="comma-separated batch sizes")
+@click.option("--threads", default="1", show_default=True, callback=_int_list,
+              help="comma-separated thread counts (passed to backends that take them)")
+@click.option("--repeat", type=click.IntRange(1), default=10, show_default=True,
+              help="timed runs per backend and cell (fewer once --budget is spent)")
+@click.option("--warmup", type=click.IntRange(1), default=2, show_default=True,
+              help="untimed runs first")
+@click.option("--budget", type=click.FloatRange(0), default=10.0, show_default=True,
+              help="seconds of timed runs per backend and cell before stopping early "
+                   "(after at least 3 runs)")
+@click.option("--cell-limit", type=click.FloatRange(1), default=None,
+              help="give up a backend whose cell (compile + runs) takes longer, in seconds")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="seed of the weights and the input")
+@click.option("--tolerance", type=float, default=1e-3, show_default=True,
+              help="relative error vs onnxruntime above which a row is flagged MISMATCH")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False),
+              help="write the rows and machine info as JSON")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="write a PNG bar chart of the medians (needs matplotlib)")
+@_SHAPE_OPTION
+def bench(models: tuple[str, ...], backends: str, batches: list[int], threads: list[int],
+          repeat: int, warmup: int, budget: float, cell_limit: float | None, seed: int,
+          tolerance: float, json_path: str | None, plot_path: str | None,
+          shapes: tuple[str, ...]) -> None:
+    """Benchmark MODELS (built-in names or .onnx files, comma-separated) against onnxruntime.
+
+    Each backend runs in its own process (peak RSS is its own); the backends of one cell are
+    timed interleaved, round by round. Columns: cold compile s, cached compile s (n/a without
+    a compile cache), median and p90 latency, peak RSS, median / onnxruntime's median, GFLOP/s
+    from the graph's FLOPs, status (MISMATCH when outputs differ from onnxruntime's). Exits 1
+    when a row is flagged.
+    """
+    from cnncompiler import bench as harness
+
+    model_list = _split(models)
+    backend_list = _split(backends)
+    harness.check_models(model_list)
+    harness.resolve_backends(backend_list)  # unknown names fail before anything runs
+    if plot_path:
+        harness.check_plotting()
+    config = harness.Config(models=model_list, backends=backend_list, batches=batches,
+                            threads=threads, repeat=repeat, warmup=warmup, budget_s=budget,
+                            cell_limit_s=cell_limit, seed=seed, tolerance=tolerance,
+                            input_shapes=_parse_shapes(shapes))
+    report = harness.run(config, log=click.echo)  # the table, a row per finished cell
+    if json_path:
+        harness.write_json(report, json_path)
+        click.echo(f"wrote {json_path}")
+    if plot_path:
+        harness.plot(report, plot_path)
+        click.echo(f"wrote {plot_path}")
+    flagged = [r for r in report["rows"] if r["failed"]]
+    if flagged:
+        click.echo(f"{len(flagged)} row(s) flagged: " + "; ".join(
+            f"{r['model']} {r['backend']} b{r['batch']} t{r['threads']}: {r['status']}"
+            for r in flagged), err=True)
+        sys.exit(1)
+
+
 if __name__ == "__main__":
     main()
