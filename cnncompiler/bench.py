@@ -444,7 +444,8 @@ class _Worker:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cnncompiler.bench", "--cell", json.dumps(spec)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err, text=True,
-            env=env)
+            env=env, cwd=own)  # not the caller's cwd: a source checkout there would shadow
+        #                        the installed package (whose cnncompiler.backends it lacks)
         self.ready = self._read()
 
     def _read(self) -> dict[str, Any]:
