@@ -186,9 +186,12 @@ def _parse_inputs(items: tuple[str, ...]) -> dict[str, np.ndarray]:
 @click.option("--top", type=int, default=5, show_default=True, help="how many top values")
 @click.option("--output", "output_path", type=click.Path(dir_okay=False),
               help="save every output to this .npz file, keyed by output name")
+@click.option("--profile", "with_profile", is_flag=True,
+              help="per-kernel time, GFLOP/s and % of FMA peak (llvm)")
 @_SHAPE_OPTION
 def run(model: str, backend: str, seed: int, batch: int, inputs: tuple[str, ...],
-        top: int, output_path: str | None, shapes: tuple[str, ...]) -> None:
+        top: int, output_path: str | None, shapes: tuple[str, ...],
+        with_profile: bool) -> None:
     """Compile MODEL (built-in name or .onnx) and run it on a random (or given) input."""
     import cnncompiler
 
@@ -207,6 +210,8 @@ def run(model: str, backend: str, seed: int, batch: int, inputs: tuple[str, ...]
     outs = result if isinstance(result, tuple) else (result,)
     click.echo(f"model {graph.name} on {backend}: compiled in {cm.compile_seconds:.2f} s, "
                f"ran in {elapsed * 1e3:.1f} ms")
+    if with_profile:
+        click.echo(str(cm.profile(**feeds)))
     if output_path:
         np.savez(output_path, **dict(zip(cm.output_names, outs)))
         click.echo(f"saved {len(outs)} output(s) to {output_path}")

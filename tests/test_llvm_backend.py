@@ -130,3 +130,17 @@ def test_unsupported_ops_are_listed_up_front():
 def test_backend_is_listed_as_available():
     status = cnncompiler.backends.available()["llvm"]
     assert status.ok and "LLVM" in status.reason
+
+
+def test_profile_reports_every_kernel():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Flatten(), nn.Linear(8 * 4 * 4, 5))
+    cm = cnncompiler.compile(net, backend="llvm", input_shape=(1, 3, 8, 8))
+    prof = cm.profile(rand(1, 3, 8, 8), repeats=2)
+    assert [r.kind for r in prof.rows] == ["Conv+Relu", "MaxPool", "Gemm"]
+    assert all(r.seconds > 0 for r in prof.rows)
+    assert prof.rows[0].flops == 2 * 8 * 8 * 8 * 27 + 2 * 8 * 8 * 8  # conv + bias, relu
+    text = str(prof)
+    assert "GFLOP/s" in text and "total" in text
+    with pytest.raises(UnsupportedError, match="no per-kernel profiler"):
+        cnncompiler.compile(net, input_shape=(1, 3, 8, 8)).profile(rand(1, 3, 8, 8))

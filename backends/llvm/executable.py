@@ -5,7 +5,10 @@ offsets inside one arena. Shapes are specialised per batch size (compiled on fir
 from __future__ import annotations
 
 import ctypes
+import os
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -16,6 +19,63 @@ from cnncompiler.passes.memory import plan_memory
 from cnncompiler.runtime.backend import Executable
 
 ALIGN = 64
+FMA_UNITS, LANES = 2, 8  # AVX2 + FMA (Zen 3, Haswell and later): 2 FMA pipes x 8 floats
+
+
+def clock_ghz() -> float | None:
+    """The CPU clock the kernel reports (first ``cpu MHz`` in /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("cpu MHz"):
+                    return float(line.split(":")[1]) / 1000.0
+    except OSError:
+        return None
+    return None
+
+
+def peak_gflops(threads: int = 1) -> float | None:
+    """FMA peak: threads x FMA units x 8 lanes x 2 FLOPs x clock."""
+    ghz = clock_ghz()
+    return None if ghz is None else min(threads, os.cpu_count() or 1) * FMA_UNITS * LANES * 2 \
+        * ghz
+
+
+@dataclass
+class ProfileRow:
+    node: str
+    kind: str
+    seconds: float
+    flops: int
+
+    @property
+    def gflops(self) -> float:
+        return self.flops / self.seconds / 1e9 if self.seconds > 0 else 0.0
+
+
+@dataclass
+class Profile:
+    """Per-kernel times; ``peak`` is this CPU's FMA peak in GFLOP/s for the threads used."""
+
+    rows: list[ProfileRow]
+    peak: float | None
+
+    @property
+    def seconds(self) -> float:
+        return sum(r.seconds for r in self.rows)
+
+    def __str__(self) -> str:
+        width = max([len(r.node) for r in self.rows] + [4])
+        lines = [f"{'kernel':<{width}}  {'ops':<32} {'ms':>8} {'GFLOP/s':>8} {'% peak':>7}"]
+        for r in self.rows:
+            pct = f"{100 * r.gflops / self.peak:6.1f}%" if self.peak else "    n/a"
+            lines.append(f"{r.node:<{width}}  {r.kind[:32]:<32} {r.seconds * 1e3:8.3f} "
+                         f"{r.gflops:8.1f} {pct}")
+        total_flops = sum(r.flops for r in self.rows)
+        rate = total_flops / self.seconds / 1e9 if self.seconds else 0.0
+        peak = f"{self.peak:.0f} GFLOP/s FMA peak (1 thread)" if self.peak else "peak unknown"
+        lines.append(f"total {self.seconds * 1e3:.2f} ms, {rate:.1f} GFLOP/s; {peak}")
+        return "\n".join(lines)
 
 
 class CompiledGraph:
@@ -31,6 +91,7 @@ class CompiledGraph:
         self.weights = [np.ascontiguousarray(graph.data[v.name]) for v in stored]
         weight_arg = {v.name: 1 + i for i, v in enumerate(stored)}
         kernels, calls = [], []
+        self.kernel_nodes: list[tuple[str, list[tuple[int, int]], object]] = []
         for i, node in enumerate(graph.nodes):
             out = node.outputs[0]
             if node.opdef.view and self.plan.offsets.get(out.name) == self.plan.offsets.get(
@@ -54,6 +115,7 @@ class CompiledGraph:
                     v.name]))
             args.append((0, self.plan.offsets[out.name]))
             calls.append((kernel.name, args))
+            self.kernel_nodes.append((kernel.name, args, node))
         module = render_module(kernels, _ident(graph.name))
         add_entry(module, "run_model", calls, 1 + len(self.weights))
         self.engine = engine_factory()
@@ -65,14 +127,37 @@ class CompiledGraph:
         pointers = [self._base] + [w.ctypes.data for w in self.weights]
         self._args = (ctypes.c_void_p * len(pointers))(*pointers)
 
+    def _feed(self, inputs: Sequence[np.ndarray]) -> None:
+        for v, x in zip(self.graph.inputs, inputs):
+            self._view(v.name, x.shape, x.dtype)[...] = x
+
+    def profile(self, inputs: Sequence[np.ndarray], repeats: int = 5) -> Profile:
+        """Time every kernel on its own (best of ``repeats``), in schedule order."""
+        from cnncompiler.ops.registry import node_cost
+
+        self._feed(inputs)
+        kernels = []
+        for name, args, node in self.kernel_nodes:
+            pointers = [self._args[arg] + offset for arg, offset in args]
+            kernels.append((self.engine.function(name, len(pointers)), pointers, node))
+        best = [float("inf")] * len(kernels)
+        for _ in range(repeats):
+            for i, (fn, pointers, _) in enumerate(kernels):
+                start = time.perf_counter()
+                fn(*pointers)
+                best[i] = min(best[i], time.perf_counter() - start)
+        rows = [ProfileRow(node.name, node.attrs.get("kind", node.op), t,
+                           node_cost(node, batch=1).flops)
+                for (_, _, node), t in zip(kernels, best)]
+        return Profile(rows, peak_gflops(threads=1))
+
     def _view(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         offset = self._base - self.arena.ctypes.data + self.plan.offsets[name]
         count = int(np.prod(shape))
         return self.arena[offset: offset + count * dtype.itemsize].view(dtype).reshape(shape)
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        for v, x in zip(self.graph.inputs, inputs):
-            self._view(v.name, x.shape, x.dtype)[...] = x
+        self._feed(inputs)
         self._entry(self._args)
         return [self._view(v.name, v.type.shape, v.type.dtype.numpy).copy()
                 for v in self.graph.outputs]
@@ -105,3 +190,6 @@ class LLVMExecutable(Executable):
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         return self.for_shapes(inputs).run(inputs)
+
+    def profile(self, inputs: Sequence[np.ndarray], repeats: int = 5) -> Profile:
+        return self.for_shapes(inputs).profile(inputs, repeats)

@@ -77,6 +77,14 @@ class CompiledModel:
 
     __call__ = run
 
+    def profile(self, *args: Any, repeats: int = 5, **kwargs: Any):
+        """Per-kernel time, GFLOP/s and % of this CPU's FMA peak on these inputs."""
+        profile = getattr(self.executable, "profile", None)
+        if profile is None:
+            raise UnsupportedError(f"backend {self.backend!r} has no per-kernel profiler")
+        arrays, _ = bind_inputs(self.graph.inputs, args, kwargs)
+        return profile(arrays, repeats)
+
     def summary(self, batch: int = 1):
         return self.graph.summary(batch=batch)
 
