@@ -144,3 +144,22 @@ def test_profile_reports_every_kernel():
     assert "GFLOP/s" in text and "total" in text
     with pytest.raises(UnsupportedError, match="no per-kernel profiler"):
         cnncompiler.compile(net, input_shape=(1, 3, 8, 8)).profile(rand(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_two_threads_match_one(name):
+    net = zoo.get(name)
+    net.init_parameters(2)
+    g = net.to_graph((2, 3, 64, 64))
+    x = rand(2, 3, 64, 64)
+    one = cnncompiler.compile(g, backend="llvm", threads=1)(x)
+    two_threads = cnncompiler.compile(g, backend="llvm", threads=2)
+    for _ in range(3):  # the team is reused across calls
+        assert rel_err(two_threads(x), one) < 1e-5
+    assert rel_err(one, evaluate(g, {"x": x})[0]) < 1e-4
+
+
+def test_bad_thread_count():
+    g = nn.Sequential(nn.ReLU()).to_graph((1, 3))
+    with pytest.raises(UnsupportedError, match="threads must be a positive int"):
+        cnncompiler.compile(g, backend="llvm", threads=0)

@@ -40,9 +40,12 @@ class LLVMBackend(Backend):
         from cnncompiler.backends.llvm.engine import JitEngine
         from cnncompiler.backends.llvm.executable import LLVMExecutable
 
+        threads = options.pop("threads", 1)
         if options:
             raise UnsupportedError(f"unknown llvm-backend option(s): {sorted(options)}")
-        return LLVMExecutable(graph, JitEngine)
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise UnsupportedError(f"threads must be a positive int, got {threads!r}")
+        return LLVMExecutable(graph, JitEngine, threads)
 
 
 __all__ = ["LLVMBackend"]

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -81,10 +83,11 @@ class Profile:
 class CompiledGraph:
     """One static-shape graph: its native entry point, arena and weights."""
 
-    def __init__(self, graph: Graph, engine_factory):
+    def __init__(self, graph: Graph, engine_factory, threads: int = 1):
         from cnncompiler.backends.llvm.render import add_entry, render_module
 
         self.graph = graph
+        self.threads = threads
         # no in-place reuse: kernels declare their buffers noalias
         self.plan = plan_memory(graph, batch=1, alignment=ALIGN, inplace=False)
         stored = [v for v in graph.values.values() if v.is_stored]
@@ -116,11 +119,15 @@ class CompiledGraph:
             args.append((0, self.plan.offsets[out.name]))
             calls.append((kernel.name, args))
             self.kernel_nodes.append((kernel.name, args, node))
-        module = render_module(kernels, _ident(graph.name))
-        add_entry(module, "run_model", calls, 1 + len(self.weights))
+        threaded = threads > 1
+        module = render_module(kernels, _ident(graph.name), threaded=threaded)
+        add_entry(module, "run_model", calls, 1 + len(self.weights), threaded=threaded)
         self.engine = engine_factory()
         self.engine.compile(module)
-        self._entry = self.engine.entry("run_model")
+        if threaded:
+            self._team = ThreadTeam(self.engine.address("run_model"), threads)
+        else:
+            self._entry = self.engine.entry("run_model")
         self.arena = np.zeros(self.plan.arena_bytes + ALIGN, np.uint8)
         base = self.arena.ctypes.data
         self._base = base + (-base) % ALIGN
@@ -139,7 +146,13 @@ class CompiledGraph:
         kernels = []
         for name, args, node in self.kernel_nodes:
             pointers = [self._args[arg] + offset for arg, offset in args]
-            kernels.append((self.engine.function(name, len(pointers)), pointers, node))
+            if self.threads > 1:   # threaded kernels take (tid, nthreads): time them alone
+                fn = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * len(pointers), ctypes.c_int64,
+                                      ctypes.c_int64)(self.engine.address(name))
+                pointers = [*pointers, 0, 1]
+            else:
+                fn = self.engine.function(name, len(pointers))
+            kernels.append((fn, pointers, node))
         best = [float("inf")] * len(kernels)
         for _ in range(repeats):
             for i, (fn, pointers, _) in enumerate(kernels):
@@ -158,7 +171,10 @@ class CompiledGraph:
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         self._feed(inputs)
-        self._entry(self._args)
+        if self.threads > 1:
+            self._team.run(self._args)
+        else:
+            self._entry(self._args)
         return [self._view(v.name, v.type.shape, v.type.dtype.numpy).copy()
                 for v in self.graph.outputs]
 
@@ -167,13 +183,60 @@ def _ident(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name)
 
 
+class ThreadTeam:
+    """Persistent helper threads that enter the model's native entry point together with the
+    caller, each with its thread index; the entry's barriers keep them in step. ctypes
+    releases the GIL, so the threads really run at once."""
+
+    def __init__(self, address: int, threads: int):
+        self.threads = threads
+        self._fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                                    ctypes.c_void_p)(address)
+        self._barrier = np.zeros(2, np.int64)
+        self._go = [threading.Event() for _ in range(threads - 1)]
+        self._done = [threading.Event() for _ in range(threads - 1)]
+        self._args = None
+        self._stop = False
+        self._workers = [threading.Thread(target=self._work, args=(t,), daemon=True)
+                         for t in range(1, threads)]
+        for w in self._workers:
+            w.start()
+        weakref.finalize(self, ThreadTeam._shutdown, self._go, self._workers, self)
+
+    def _work(self, tid: int) -> None:
+        go, done = self._go[tid - 1], self._done[tid - 1]
+        while True:
+            go.wait()
+            go.clear()
+            if self._stop:
+                return
+            self._fn(self._args, tid, self.threads, self._barrier.ctypes.data)
+            done.set()
+
+    def run(self, args) -> None:
+        self._args = args
+        for go in self._go:
+            go.set()
+        self._fn(args, 0, self.threads, self._barrier.ctypes.data)
+        for done in self._done:
+            done.wait()
+            done.clear()
+
+    @staticmethod
+    def _shutdown(go, workers, team) -> None:  # pragma: no cover - at interpreter exit
+        team._stop = True
+        for event in go:
+            event.set()
+
+
 class LLVMExecutable(Executable):
-    def __init__(self, graph: Graph, engine_factory):
+    def __init__(self, graph: Graph, engine_factory, threads: int = 1):
         self.graph = graph
         self.engine_factory = engine_factory
+        self.threads = threads
         self.specialised: dict[tuple, CompiledGraph] = {}
         if graph.inputs and all(v.type.is_static for v in graph.inputs):
-            self.specialised[()] = CompiledGraph(graph, engine_factory)
+            self.specialised[()] = CompiledGraph(graph, engine_factory, threads)
 
     def for_shapes(self, inputs: Sequence[np.ndarray]) -> CompiledGraph:
         bindings: dict[str, int] = {}
@@ -185,7 +248,8 @@ class LLVMExecutable(Executable):
         compiled = self.specialised.get(key)
         if compiled is None:
             graph = bind_symbols(self.graph, bindings) if bindings else self.graph
-            compiled = self.specialised[key] = CompiledGraph(graph, self.engine_factory)
+            compiled = self.specialised[key] = CompiledGraph(graph, self.engine_factory,
+                                                             self.threads)
         return compiled
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:

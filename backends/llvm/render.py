@@ -153,7 +153,9 @@ class _Declarations:
 
 class _KernelRenderer:
     def __init__(self, module, decls: _Declarations, kernel: K.Kernel,
-                 fastmath: tuple[str, ...], noalias: bool) -> None:
+                 fastmath: tuple[str, ...], noalias: bool, threaded: bool = False) -> None:
+        self.threaded = threaded
+        self.depth = 0
         self.module = module
         self.decls = decls
         self.kernel = kernel
@@ -174,7 +176,8 @@ class _KernelRenderer:
         if kernel.name in self.module.globals:
             raise self.error("a function of this name is already in the module")
         ptr = ir.PointerType()
-        fnty = ir.FunctionType(ir.VoidType(), [ptr] * len(kernel.buffers))
+        extra = [ir.IntType(64)] * 2 if self.threaded else []  # (thread index, threads)
+        fnty = ir.FunctionType(ir.VoidType(), [ptr] * len(kernel.buffers) + extra)
         fn = ir.Function(self.module, fnty, name=kernel.name)
         fn.attributes.add("nounwind")
         # Kernels are called from entry functions; inlining them there only costs compile
@@ -199,6 +202,17 @@ class _KernelRenderer:
         self.builder = ir.IRBuilder(entry)
         self.builder.branch(body)
         self.builder.position_at_end(body)
+        if self.threaded:
+            self.tid, self.nthreads = fn.args[len(kernel.buffers):]
+            split = any(isinstance(s, K.Loop) and s.kind == "parallel" for s in kernel.body)
+            if not split:  # nothing to share: thread 0 runs it, the others skip it
+                work = fn.append_basic_block("work")
+                done = fn.append_basic_block("skip")
+                self.builder.cbranch(self.builder.icmp_signed(
+                    "==", self.tid, ir.Constant(ir.IntType(64), 0)), work, done)
+                self.builder.position_at_end(done)
+                self.builder.ret_void()
+                self.builder.position_at_end(work)
         self.block(kernel.body)
         self.builder.ret_void()
         return fn
@@ -264,6 +278,14 @@ class _KernelRenderer:
                 raise self.error(f"bounds of loop '{s.var.name}' must be i64")
         start = self.expr(s.start)
         stop = self.expr(s.stop)
+        if self.threaded and s.kind == "parallel" and self.depth == 0:
+            # this thread's share: [start + total*tid/n, start + total*(tid+1)/n)
+            total = b.sub(stop, start)
+            first = b.sdiv(b.mul(total, self.tid), self.nthreads)
+            last = b.sdiv(b.mul(total, b.add(self.tid, ir.Constant(ir.IntType(64), 1))),
+                          self.nthreads)
+            start, stop = b.add(start, first), b.add(start, last)
+        self.depth += 1
         name = s.var.name
         pre = b.block
         header = self.fn.append_basic_block(f"{name}.header")
@@ -290,6 +312,7 @@ class _KernelRenderer:
         if hints:
             back.set_metadata("llvm.loop", _loop_id(self.module, hints))
         b.position_at_end(exit_)
+        self.depth -= 1
         self.scope = saved  # names declared in the body go out of scope
         self.memo = {}
 
@@ -566,11 +589,14 @@ def _arg_name(name: str) -> str:
 
 # ---------------------------------------------------------------------- public API
 def render_module(kernels: Sequence[K.Kernel], module_name: str = "cnncompiler", *,
-                  fastmath: Sequence[str] = DEFAULT_FASTMATH, noalias: bool = True):
+                  fastmath: Sequence[str] = DEFAULT_FASTMATH, noalias: bool = True,
+                  threaded: bool = False):
     """One llvmlite module holding one ``void name(ptr, ...)`` function per kernel.
 
     ``noalias`` marks every buffer parameter ``noalias``: callers must then never pass
     overlapping memory for two buffers of one call (in-place kernels get one buffer).
+    ``threaded`` adds ``(i64 tid, i64 nthreads)`` parameters: each thread runs its share of
+    the kernel's top-level parallel loop (kernels without one run on thread 0 only).
     """
     _require_llvmlite()
     module = ir.Module(name=module_name)
@@ -578,7 +604,7 @@ def render_module(kernels: Sequence[K.Kernel], module_name: str = "cnncompiler",
     flags = tuple(fastmath)
     with _deep_recursion():
         for kernel in kernels:
-            renderer = _KernelRenderer(module, decls, kernel, flags, noalias)
+            renderer = _KernelRenderer(module, decls, kernel, flags, noalias, threaded)
             try:
                 renderer.render()
             except CnnCompilerError:
@@ -588,8 +614,43 @@ def render_module(kernels: Sequence[K.Kernel], module_name: str = "cnncompiler",
     return module
 
 
+def _barrier(module):
+    """``void cnnc_barrier(ptr state, i64 n)``: a generation-counting barrier for ``n``
+    threads (state[0] = arrivals, state[1] = generation). Waiters yield the CPU while they
+    spin, so a busy other core slows the model down instead of stalling it."""
+    existing = module.globals.get("cnnc_barrier")
+    if existing is not None:
+        return existing
+    i64, ptr = ir.IntType(64), ir.PointerType()
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ptr, i64]), name="cnnc_barrier")
+    fn.attributes.add("noinline")
+    state, n = fn.args
+    sched_yield = ir.Function(module, ir.FunctionType(ir.IntType(32), []), name="sched_yield")
+    entry, release, wait, pause, done = (fn.append_basic_block(x) for x in
+                                         ("entry", "release", "wait", "yield", "done"))
+    b = ir.IRBuilder(entry)
+    gen_ptr = b.gep(state, [ir.Constant(i64, 1)], source_etype=i64)
+    gen = b.load_atomic(gen_ptr, "acquire", 8, typ=i64)
+    old = b.atomic_rmw("add", state, ir.Constant(i64, 1), "acq_rel")
+    b.cbranch(b.icmp_signed("==", old, b.sub(n, ir.Constant(i64, 1))), release, wait)
+    b.position_at_end(release)   # the last to arrive resets the count and opens the gate
+    b.atomic_rmw("xchg", state, ir.Constant(i64, 0), "monotonic")  # (store_atomic needs
+    #                                                      typed pointers in llvmlite 0.50)
+    b.atomic_rmw("add", gen_ptr, ir.Constant(i64, 1), "release")
+    b.ret_void()
+    b.position_at_end(wait)
+    now = b.load_atomic(gen_ptr, "acquire", 8, typ=i64)
+    b.cbranch(b.icmp_signed("!=", now, gen), done, pause)
+    b.position_at_end(pause)
+    b.call(sched_yield, [])
+    b.branch(wait)
+    b.position_at_end(done)
+    b.ret_void()
+    return fn
+
+
 def add_entry(module, name: str, calls: Sequence[tuple[str, Sequence[tuple[int, int]]]],
-              num_args: int):
+              num_args: int, threaded: bool = False):
     """Define ``void name(ptr args)`` that runs several kernels in one native call.
 
     ``args`` points at ``num_args`` pointers. Each call is ``(kernel name, bindings)``
@@ -600,9 +661,12 @@ def add_entry(module, name: str, calls: Sequence[tuple[str, Sequence[tuple[int, 
     if name in module.globals:
         raise CnnCompilerError(f"entry '{name}': a function of this name is already defined")
     ptr = ir.PointerType()
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ptr]), name=name)
+    i64 = ir.IntType(64)
+    params = [ptr, i64, i64, ptr] if threaded else [ptr]  # args, tid, nthreads, barrier
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), params), name=name)
     fn.attributes.add("nounwind")
     fn.args[0].name = "args"
+    barrier = _barrier(module) if threaded else None
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     bases: dict[int, object] = {}
 
@@ -621,7 +685,7 @@ def add_entry(module, name: str, calls: Sequence[tuple[str, Sequence[tuple[int, 
         if not isinstance(target, ir.Function) or target.is_declaration:
             raise CnnCompilerError(f"entry '{name}': kernel '{kernel_name}' is not defined "
                                    f"in module '{module.name}'")
-        if len(bindings) != len(target.args):
+        if len(bindings) + (2 if threaded else 0) != len(target.args):
             raise CnnCompilerError(f"entry '{name}': kernel '{kernel_name}' takes "
                                    f"{len(target.args)} buffers, got {len(bindings)}")
         pointers = []
@@ -631,6 +695,10 @@ def add_entry(module, name: str, calls: Sequence[tuple[str, Sequence[tuple[int, 
                 p = b.gep(p, [ir.Constant(ir.IntType(64), int(offset))], inbounds=True,
                           source_etype=ir.IntType(8))
             pointers.append(p)
-        b.call(target, pointers)
+        if threaded:
+            b.call(target, [*pointers, fn.args[1], fn.args[2]])
+            b.call(barrier, [fn.args[3], fn.args[2]])  # the next kernel reads this one's output
+        else:
+            b.call(target, pointers)
     b.ret_void()
     return fn
