@@ -124,10 +124,12 @@ def summary(model: str, batch: int, as_json: bool, with_plan: bool,
 @click.option("--dot", "dot_path", type=click.Path(dir_okay=False),
               help="write the dumped (or final) IR as a Graphviz DOT file")
 @click.option("--batch", type=int, default=None, help="pin the symbolic batch")
+@click.option("-o", "--output", "lib_path", type=click.Path(dir_okay=False),
+              help="AOT: write a shared library + C header + weights file (llvm)")
 @_SHAPE_OPTION
 def compile_command(model: str, backend: str, opt_level: int, disabled: tuple[str, ...],
                     explain: bool, dump: str | None, dot_path: str | None, batch: int | None,
-                    shapes: tuple[str, ...]) -> None:
+                    lib_path: str | None, shapes: tuple[str, ...]) -> None:
     """Compile MODEL through the pass pipeline for a backend."""
     import cnncompiler
 
@@ -160,6 +162,9 @@ def compile_command(model: str, backend: str, opt_level: int, disabled: tuple[st
         click.echo(plan_memory(cm.graph, batch=batch or 1).describe())
     click.echo(f"compiled {cm.graph.name} for {backend} at opt_level {opt_level} in "
                f"{cm.compile_seconds:.2f} s: {len(cm.graph.nodes)} kernels")
+    if lib_path:
+        files = cm.export(lib_path, batch=batch or 1)
+        click.echo("wrote " + ", ".join(files.values()) + ("" if batch else " (batch 1)"))
 
 
 def _parse_inputs(items: tuple[str, ...]) -> dict[str, np.ndarray]:

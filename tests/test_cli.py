@@ -115,3 +115,14 @@ def test_compile_dot_and_errors(tmp_path):
     assert r.exit_code == 2 and "unknown pass" in r.output
     r = invoke("compile", "lenet5", "--dump-ir", "before:fuse")
     assert r.exit_code != 0 and "after:PASS" in r.output
+
+
+def test_compile_to_a_shared_library(tmp_path):
+    import shutil
+
+    if shutil.which("cc") is None:
+        return
+    r = invoke("compile", "lenet5", "--backend", "llvm", "-o", str(tmp_path / "lenet.so"))
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "lenet.so").exists() and (tmp_path / "lenet.h").exists()
+    assert (tmp_path / "lenet.weights").stat().st_size >= 61_706 * 4

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cnncompiler.errors import UnsupportedError
 from cnncompiler.ir.graph import Graph
 from cnncompiler.ir.specialize import bind_symbols
 from cnncompiler.kernel.lower import lower_node
@@ -119,6 +120,7 @@ class CompiledGraph:
             args.append((0, self.plan.offsets[out.name]))
             calls.append((kernel.name, args))
             self.kernel_nodes.append((kernel.name, args, node))
+        self.kernels, self.calls = kernels, calls   # kept for AOT export
         threaded = threads > 1
         module = render_module(kernels, _ident(graph.name), threaded=threaded)
         add_entry(module, "run_model", calls, 1 + len(self.weights), threaded=threaded)
@@ -257,3 +259,15 @@ class LLVMExecutable(Executable):
 
     def profile(self, inputs: Sequence[np.ndarray], repeats: int = 5) -> Profile:
         return self.for_shapes(inputs).profile(inputs, repeats)
+
+    def export(self, path, batch: int | None = None) -> dict[str, str]:
+        """AOT: a shared library + C header + weights file (see :mod:`.aot`)."""
+        from cnncompiler.backends.llvm.aot import export
+
+        symbols = sorted({s for v in self.graph.inputs for s in v.type.symbols})
+        if symbols and batch is None:
+            raise UnsupportedError(f"the model has a symbolic batch {symbols[0]!r}: export "
+                                   "it for one size with export(path, batch=1)")
+        graph = bind_symbols(self.graph, {symbols[0]: batch}) if symbols else self.graph
+        compiled = CompiledGraph(graph, self.engine_factory, threads=1)
+        return export(compiled, path, compiled.engine)

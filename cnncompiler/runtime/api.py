@@ -85,6 +85,13 @@ class CompiledModel:
         arrays, _ = bind_inputs(self.graph.inputs, args, kwargs)
         return profile(arrays, repeats)
 
+    def export(self, path: str, batch: int | None = None) -> dict[str, str]:
+        """Ahead-of-time: a shared library, its C header and a weights file (llvm)."""
+        export = getattr(self.executable, "export", None)
+        if export is None:
+            raise UnsupportedError(f"backend {self.backend!r} cannot export a library")
+        return export(path, batch=batch)
+
     def summary(self, batch: int = 1):
         return self.graph.summary(batch=batch)
 
