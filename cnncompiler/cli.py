@@ -160,8 +160,11 @@ def compile_command(model: str, backend: str, opt_level: int, disabled: tuple[st
         click.echo(cm.explain())
         click.echo(f"kernels: {len(cm.source.nodes)} nodes in, {len(cm.graph.nodes)} kernels out")
         click.echo(plan_memory(cm.graph, batch=batch or 1).describe())
+    lazy = any(v.type.symbols for v in cm.graph.inputs) and backend != "reference"
     click.echo(f"compiled {cm.graph.name} for {backend} at opt_level {opt_level} in "
-               f"{cm.compile_seconds:.2f} s: {len(cm.graph.nodes)} kernels")
+               f"{cm.compile_seconds:.2f} s: {len(cm.graph.nodes)} kernels"
+               + (" (symbolic batch: native code is generated per batch size on first run;"
+                  " --batch N compiles it now)" if lazy else ""))
     if lib_path:
         files = cm.export(lib_path, batch=batch or 1)
         click.echo("wrote " + ", ".join(files.values()) + ("" if batch else " (batch 1)"))
