@@ -126,10 +126,11 @@ def summary(model: str, batch: int, as_json: bool, with_plan: bool,
 @click.option("--batch", type=int, default=None, help="pin the symbolic batch")
 @click.option("-o", "--output", "lib_path", type=click.Path(dir_okay=False),
               help="AOT: write a shared library + C header + weights file (llvm)")
+@click.option("--no-cache", is_flag=True, help="don't read or write the compile cache")
 @_SHAPE_OPTION
 def compile_command(model: str, backend: str, opt_level: int, disabled: tuple[str, ...],
                     explain: bool, dump: str | None, dot_path: str | None, batch: int | None,
-                    lib_path: str | None, shapes: tuple[str, ...]) -> None:
+                    lib_path: str | None, no_cache: bool, shapes: tuple[str, ...]) -> None:
     """Compile MODEL through the pass pipeline for a backend."""
     import cnncompiler
 
@@ -140,8 +141,9 @@ def compile_command(model: str, backend: str, opt_level: int, disabled: tuple[st
             raise click.BadParameter(f"{dump!r}: use after:PASS or final", param_hint="--dump-ir")
         keep.append(pass_name)
     graph = _load(model, with_weights=True, batch=batch, input_shapes=_parse_shapes(shapes))
+    options = {"cache": False} if no_cache else {}
     cm = cnncompiler.compile(graph, backend=backend, opt_level=opt_level,
-                             disable_passes=disabled, keep_snapshots=keep)
+                             disable_passes=disabled, keep_snapshots=keep, **options)
     chosen = cm.graph
     if keep:
         if keep[0] not in cm.passes.snapshots:

@@ -163,3 +163,35 @@ def test_bad_thread_count():
     g = nn.Sequential(nn.ReLU()).to_graph((1, 3))
     with pytest.raises(UnsupportedError, match="threads must be a positive int"):
         cnncompiler.compile(g, backend="llvm", threads=0)
+
+
+def test_compile_cache_hit_miss_and_corruption(tmp_path):
+    from cnncompiler.backends.llvm.cache import MAGIC
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+    g = net.to_graph((1, 3, 8, 8))
+    x = rand(1, 3, 8, 8)
+
+    def build(**options):
+        cm = cnncompiler.compile(g, backend="llvm", cache_dir=str(tmp_path), **options)
+        return cm, cm.executable.cache
+
+    cm, cache = build()
+    expected = cm(x)
+    assert (cache.hits, cache.misses) == (0, 1)
+    entries = list(tmp_path.glob("*.obj"))
+    assert len(entries) == 1 and entries[0].read_bytes().startswith(MAGIC)
+    cm, cache = build()
+    assert (cache.hits, cache.misses) == (1, 0)
+    np.testing.assert_array_equal(cm(x), expected)
+    cm, cache = build(threads=2)           # other options, other code: a new entry
+    assert cache.misses == 1 and len(list(tmp_path.glob("*.obj"))) == 2
+    data = bytearray(entries[0].read_bytes())
+    data[-10] ^= 0xFF                      # corrupt the stored object
+    entries[0].write_bytes(bytes(data))
+    cm, cache = build()
+    assert cache.rejected == 1 and cache.hits == 0
+    np.testing.assert_array_equal(cm(x), expected)   # rebuilt, never loaded
+    cm, cache = build()
+    assert cache.hits == 1
+    assert cnncompiler.compile(g, backend="llvm", cache=False).executable.cache is None

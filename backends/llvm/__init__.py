@@ -18,6 +18,7 @@ from cnncompiler.runtime.backend import Backend
 
 class LLVMBackend(Backend):
     name = "llvm"
+    has_compile_cache = True  # object code under $CNNC_CACHE_DIR (see .cache)
 
     def unavailable_reason(self) -> str | None:
         try:
@@ -37,15 +38,19 @@ class LLVMBackend(Backend):
         return unsupported_reason(node)
 
     def compile(self, graph: Graph, **options: Any):
+        from cnncompiler.backends.llvm.cache import CompileCache
         from cnncompiler.backends.llvm.engine import JitEngine
         from cnncompiler.backends.llvm.executable import LLVMExecutable
 
         threads = options.pop("threads", 1)
+        cache = options.pop("cache", True)
+        cache_dir = options.pop("cache_dir", None)
         if options:
             raise UnsupportedError(f"unknown llvm-backend option(s): {sorted(options)}")
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise UnsupportedError(f"threads must be a positive int, got {threads!r}")
-        return LLVMExecutable(graph, JitEngine, threads)
+        return LLVMExecutable(graph, JitEngine, threads,
+                              CompileCache(cache_dir) if cache else None)
 
 
 __all__ = ["LLVMBackend"]

@@ -180,6 +180,33 @@ class JitEngine:
             pb.getModulePassManager().run(mod, pb)
         return mod
 
+    def compile_cached(self, module, cache) -> list[str]:
+        """Like :meth:`compile`, through the object code in ``cache`` (a CompileCache):
+        a hit loads the stored object, a miss compiles, stores and loads it."""
+        import llvmlite
+
+        import cnncompiler
+        from cnncompiler.backends.llvm.cache import cache_key
+
+        names = [f.name for f in module.functions if not f.is_declaration]
+        key = cache_key(str(module), self._cpu, self._features, str(self._opt),
+                        cnncompiler.__version__, llvmlite.__version__,
+                        ".".join(map(str, llvm.llvm_version_info)))
+        obj = cache.get(key)
+        if obj is None:
+            obj = self.emit_object(module)
+            cache.put(key, obj)
+        with self._lock:
+            clash = [n for n in names if n in self._functions]
+            if clash:
+                raise CnnCompilerError(
+                    f"function(s) {', '.join(clash)} already compiled in this engine")
+            self._ee.add_object_file(llvm.ObjectFileRef.from_data(obj))
+            self._ee.finalize_object()
+            for n in names:
+                self._functions[n] = self._ee.get_function_address(n)
+        return names
+
     def compile(self, module) -> list[str]:
         """JIT-compile ``module``; returns the names of the functions it defines."""
         with self._lock:

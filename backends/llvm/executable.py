@@ -84,7 +84,7 @@ class Profile:
 class CompiledGraph:
     """One static-shape graph: its native entry point, arena and weights."""
 
-    def __init__(self, graph: Graph, engine_factory, threads: int = 1):
+    def __init__(self, graph: Graph, engine_factory, threads: int = 1, cache=None):
         from cnncompiler.backends.llvm.render import add_entry, render_module
 
         self.graph = graph
@@ -125,7 +125,10 @@ class CompiledGraph:
         module = render_module(kernels, _ident(graph.name), threaded=threaded)
         add_entry(module, "run_model", calls, 1 + len(self.weights), threaded=threaded)
         self.engine = engine_factory()
-        self.engine.compile(module)
+        if cache is not None:
+            self.engine.compile_cached(module, cache)
+        else:
+            self.engine.compile(module)
         if threaded:
             self._team = ThreadTeam(self.engine.address("run_model"), threads)
         else:
@@ -232,13 +235,14 @@ class ThreadTeam:
 
 
 class LLVMExecutable(Executable):
-    def __init__(self, graph: Graph, engine_factory, threads: int = 1):
+    def __init__(self, graph: Graph, engine_factory, threads: int = 1, cache=None):
         self.graph = graph
         self.engine_factory = engine_factory
         self.threads = threads
+        self.cache = cache
         self.specialised: dict[tuple, CompiledGraph] = {}
         if graph.inputs and all(v.type.is_static for v in graph.inputs):
-            self.specialised[()] = CompiledGraph(graph, engine_factory, threads)
+            self.specialised[()] = CompiledGraph(graph, engine_factory, threads, cache)
 
     def for_shapes(self, inputs: Sequence[np.ndarray]) -> CompiledGraph:
         bindings: dict[str, int] = {}
@@ -251,7 +255,7 @@ class LLVMExecutable(Executable):
         if compiled is None:
             graph = bind_symbols(self.graph, bindings) if bindings else self.graph
             compiled = self.specialised[key] = CompiledGraph(graph, self.engine_factory,
-                                                             self.threads)
+                                                             self.threads, self.cache)
         return compiled
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
