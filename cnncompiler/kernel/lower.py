@@ -63,13 +63,26 @@ class KernelBuilder:
             body = conv_rows(self, first)
         else:
             shape = shape_of(self.output)
-            idx = [self.names.var("i") for _ in shape]
+            idx: list[K.Expr] = [self.names.var("i") for _ in shape]
+            # the two outer dims (batch, channels) share one parallel loop, so a batch of
+            # one still splits across threads
+            outer = self.names.var("nc") if len(shape) >= 2 else None
+            if outer is not None:
+                loop_vars = idx[2:]
+                idx = [outer // shape[1], outer % shape[1], *idx[2:]]
+            else:
+                loop_vars = idx
             stmts, value = self.element(self.output, list(idx))
             body: list[K.Stmt] = stmts + [K.Store(self.out, K.flat_index(list(idx), shape),
                                                   value)]
-            for d in reversed(range(len(shape))):
-                kind = "parallel" if d == 0 else "vector" if d == len(shape) - 1 else "serial"
-                body = [K.Loop(idx[d], K.Const(0), K.Const(shape[d]), body, kind)]
+            inner = shape[2:] if outer is not None else shape
+            for d in reversed(range(len(inner))):
+                last = d == len(inner) - 1
+                kind = "vector" if last else "parallel" if d == 0 and outer is None else "serial"
+                body = [K.Loop(loop_vars[d], K.Const(0), K.Const(inner[d]), body, kind)]
+            if outer is not None:
+                body = [K.Loop(outer, K.Const(0), K.Const(shape[0] * shape[1]), body,
+                               "parallel")]
         buffers = [self.buffers[v.name] for v in self.inputs] + [self.out]
         return K.Kernel(self.name, _unique(buffers), body)
 
