@@ -118,6 +118,9 @@ class CompiledGraph:
                 args.append((weight_arg[v.name], 0) if v.is_stored else (0, self.plan.offsets[
                     v.name]))
             args.append((0, self.plan.offsets[out.name]))
+            for array in kernel.tables.values():   # compile-time tables travel like weights
+                self.weights.append(array)
+                args.append((len(self.weights), 0))
             calls.append((kernel.name, args))
             self.kernel_nodes.append((kernel.name, args, node))
         self.kernels, self.calls = kernels, calls   # kept for AOT export

@@ -183,6 +183,9 @@ class Kernel:
     buffers: list[Buffer]
     body: list[Stmt]
     flops: int = 0
+    #: compile-time tables among ``buffers`` (e.g. Resize's source indices): buffer name ->
+    #: numpy array the backend passes like a weight
+    tables: dict = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------ helpers

@@ -52,6 +52,17 @@ class KernelBuilder:
                                                      math.prod(shape_of(v))))
         self.out = K.Buffer("out", kdtype(self.output), math.prod(shape_of(self.output)))
         self.names = K.Names()
+        self.tables: dict[str, tuple[K.Buffer, object]] = {}
+
+    def table(self, name: str, values, dtype: str = "i64") -> K.Buffer:
+        """A compile-time lookup table (indices, or weights of ``dtype``) the kernel reads."""
+        import numpy as np
+
+        numpy_type = {"i64": np.int64, "f32": np.float32, "f64": np.float64}[dtype]
+        array = np.ascontiguousarray(values, dtype=numpy_type)
+        buf = K.Buffer(f"t{len(self.tables)}_{name}", dtype, array.size)
+        self.tables[buf.name] = (buf, array)
+        return buf
 
     # -------------------------------------------------------------------- kernel
     def build(self) -> K.Kernel:
@@ -84,7 +95,9 @@ class KernelBuilder:
                 body = [K.Loop(outer, K.Const(0), K.Const(shape[0] * shape[1]), body,
                                "parallel")]
         buffers = [self.buffers[v.name] for v in self.inputs] + [self.out]
-        return K.Kernel(self.name, _unique(buffers), body)
+        buffers += [buf for buf, _ in self.tables.values()]
+        return K.Kernel(self.name, _unique(buffers), body,
+                        tables={buf.name: array for buf, array in self.tables.values()})
 
     # ------------------------------------------------------------------- elements
     def element(self, v: Value, idx: list[K.Expr]) -> Element:
@@ -347,11 +360,59 @@ def lower_lrn(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
     return [K.Declare(acc, K.Const(0.0, dtype)), loop] + sc, center / denom
 
 
+def lower_resize(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
+    """Nearest or N-linear resize through per-axis tables of source indices and weights,
+    computed at compile time by the op's own coordinate functions."""
+    import numpy as np
+
+    from cnncompiler.ops.resize import nearest_index, source_coords
+
+    x, a = node.inputs[0], node.attrs
+    xs, ys = shape_of(x), shape_of(node.outputs[0])
+    axes = []
+    for d, (i, o) in enumerate(zip(xs, ys)):
+        scale = a["scales"][d] if a["scales"] is not None else o / i
+        if o == i and scale == 1.0:
+            continue
+        src = source_coords(a["coordinate_transformation_mode"], o, i, scale)
+        if a["mode"] == "nearest":
+            axes.append((d, [(kb.table(f"ax{d}", nearest_index(src, a["nearest_mode"], i)),
+                              None)]))
+        else:
+            lo = np.floor(src)
+            w = src - lo
+            i0 = np.clip(lo, 0, i - 1).astype(np.int64)
+            i1 = np.clip(lo + 1, 0, i - 1).astype(np.int64)
+            ft = kdtype(node.outputs[0])
+            axes.append((d, [(kb.table(f"lo{d}", i0), kb.table(f"w{d}", 1 - w, ft)),
+                             (kb.table(f"hi{d}", i1), kb.table(f"w{d}b", w, ft))]))
+    # every combination of taps over the resized axes (1 for nearest, 2^axes for linear)
+    combos: list[tuple[list[K.Expr], K.Expr | None]] = [(list(idx), None)]
+    for d, taps in axes:
+        nxt = []
+        for where, weight in combos:
+            for index_table, weight_table in taps:
+                w2 = list(where)
+                w2[d] = K.Load(index_table, idx[d])
+                tap_w = None if weight_table is None else K.Load(weight_table, idx[d])
+                nxt.append((w2, tap_w if weight is None else
+                            (weight if tap_w is None else weight * tap_w)))
+        combos = nxt
+    stmts, total = [], None
+    for where, weight in combos:
+        s, v = kb.element(x, where)
+        stmts += s
+        term = v if weight is None else v * weight
+        total = term if total is None else total + term
+    return stmts, total
+
+
 LOWERINGS: dict[str, Callable[[KernelBuilder, Node, list[K.Expr]], Element]] = {
     "Conv": lower_conv, "MaxPool": lower_pool, "AveragePool": lower_pool,
     "GlobalAveragePool": lower_global_pool, "GlobalMaxPool": lower_global_pool,
     "Gemm": lower_gemm, "MatMul": lower_gemm, "Flatten": lower_view, "Reshape": lower_view,
     "Transpose": lower_transpose, "Concat": lower_concat, "Pad": lower_pad, "LRN": lower_lrn,
+    "Resize": lower_resize,
 }
 
 
@@ -490,6 +551,9 @@ def unsupported_reason(node: Node) -> str | None:
             return f"{m.op} has no kernel lowering yet"
         elif m.op == "Pad" and m.attrs["mode"] != "constant":
             return f"Pad mode {m.attrs['mode']!r} has no kernel yet"
+        elif m.op == "Resize" and (m.attrs["coordinate_transformation_mode"]
+                                   == "half_pixel_symmetric"):
+            return "Resize with half_pixel_symmetric has no kernel yet"
         elif m.op == "MatMul" and any(v.type.rank != 2 for v in m.inputs):
             return "only 2-D MatMul has a kernel yet"
         elif m.attrs.get("layout") not in (None, "NCHW"):
