@@ -199,3 +199,13 @@ def test_compile_cache_hit_miss_and_corruption(tmp_path):
     cm, cache = build()
     assert cache.hits == 1
     assert cnncompiler.compile(g, backend="llvm", cache=False).executable.cache is None
+
+
+@pytest.mark.parametrize("attrs", [
+    {"strides": (2, 2)},
+    {"strides": (2, 2), "pads": (1, 1, 1, 1), "output_padding": (1, 1)},
+    {"strides": (3, 2), "dilations": (2, 1), "pads": (0, 1, 2, 0)},
+])
+def test_conv_transpose(attrs):
+    check(*one_op("ConvTranspose", (1, 4, 5, 6), rand(4, 3, 3, 3), rand(3), **attrs),
+          opt_level=0)

@@ -48,7 +48,10 @@ def compare(path: str, x: np.ndarray, final_op: str, backend: str) -> list[float
     assert len(got) == len(expected)
     for g, e in zip(got, expected):
         assert g.shape == e.shape
-    np.testing.assert_allclose(got[0], expected[0], atol=2e-5, rtol=0)  # probabilities
+    # probabilities, absolutely (see expose_inputs_of); float32 end to end (llvm) through
+    # ~100 layers gets a little more room than the float64 reference
+    atol = 2e-5 if backend == "reference" else 1e-4
+    np.testing.assert_allclose(got[0], expected[0], atol=atol, rtol=0)
     if backend == "reference":  # the passes' check is the same for every backend
         check_passes_preserve_numerics(graph, {"x": x})
     return [rel_err(g, e) for g, e in zip(got, expected)]
@@ -66,7 +69,7 @@ def test_ppocr_direction_classifier_on_a_real_page(backend):
     assert max(errors) < 1e-4
 
 
-@pytest.mark.parametrize("backend", ["reference", pytest.param("llvm", marks=FULL_ONLY)])
+@pytest.mark.parametrize("backend", ["reference", "llvm"])
 def test_ppocr_v4_text_detector_on_a_real_page(backend):
     path = model_path("ch_PP-OCRv4_det_infer.onnx")
     mean = np.array([0.485, 0.456, 0.406], np.float32).reshape(3, 1, 1)

@@ -360,6 +360,40 @@ def lower_lrn(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
     return [K.Declare(acc, K.Const(0.0, dtype)), loop] + sc, center / denom
 
 
+def lower_conv_transpose(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
+    """Transposed conv as a gather: out[n,k,oh,ow] sums x[n,c,ih,iw] * W[c,k,i,j] over the
+    taps with oh + P_top - i*D = ih*S (and likewise for columns)."""
+    from cnncompiler.ir.types import TensorType
+    from cnncompiler.ops.conv_transpose import conv_transpose_geometry
+    from cnncompiler.ops.opdef import InferContext
+
+    x, w = node.inputs[0], node.inputs[1]
+    types = [None if v is None else TensorType(shape_of(v), v.type.dtype) for v in node.inputs]
+    _, (sh, sw), pads, (dh, dw), _ = conv_transpose_geometry(
+        InferContext(node.op, node.name, types, node.attrs))
+    (_, _, h_, w_), (_, kg, fh, fw) = shape_of(x), shape_of(w)
+    cg = shape_of(x)[1] // node.attrs["group"]
+    dtype = kdtype(node.outputs[0])
+    c, i, j = kb.fresh("c"), kb.fresh("ki"), kb.fresh("kj")
+    th = idx[2] + pads[0] - i * dh
+    tw = idx[3] + pads[1] - j * dw
+    ih, iw = th // sh, tw // sw
+    inside = all_of([(th % sh).eq(0), in_range(ih, h_), (tw % sw).eq(0), in_range(iw, w_)])
+    chan = (idx[1] // kg) * cg + c if node.attrs["group"] > 1 else c
+    sx, xv = kb.load(x, [idx[0], chan, clamp(ih, h_), clamp(iw, w_)])
+    sw_, wv = kb.load(w, [chan, idx[1] % kg, i, j])
+    acc = kb.fresh("acc", dtype)
+    init: K.Expr = K.Const(0.0, dtype)
+    stmts: list[K.Stmt] = []
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        s, init = kb.load(node.inputs[2], [idx[1]])
+        stmts += s
+    body = sx + sw_ + [K.Assign(acc, acc + K.select(inside, xv * wv, 0.0))]
+    loop = K.Loop(c, K.Const(0), K.Const(cg), [K.Loop(i, K.Const(0), K.Const(fh), [
+        K.Loop(j, K.Const(0), K.Const(fw), body, "unroll")])])
+    return stmts + [K.Declare(acc, init), loop], acc
+
+
 def lower_resize(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
     """Nearest or N-linear resize through per-axis tables of source indices and weights,
     computed at compile time by the op's own coordinate functions."""
@@ -412,7 +446,7 @@ LOWERINGS: dict[str, Callable[[KernelBuilder, Node, list[K.Expr]], Element]] = {
     "GlobalAveragePool": lower_global_pool, "GlobalMaxPool": lower_global_pool,
     "Gemm": lower_gemm, "MatMul": lower_gemm, "Flatten": lower_view, "Reshape": lower_view,
     "Transpose": lower_transpose, "Concat": lower_concat, "Pad": lower_pad, "LRN": lower_lrn,
-    "Resize": lower_resize,
+    "Resize": lower_resize, "ConvTranspose": lower_conv_transpose,
 }
 
 
