@@ -157,6 +157,13 @@ def all_of(conds: list[K.Expr]) -> K.Expr | None:
 
 
 # ------------------------------------------------------------------ lowerings
+def bias_init(kb: KernelBuilder, node: Node, channel: K.Expr, dtype: str) -> Element:
+    """The accumulator's start: the optional bias input (input 2) at ``channel``, else 0."""
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        return kb.load(node.inputs[2], [channel])
+    return [], K.Const(0.0, dtype)
+
+
 def _window_taps(kb: KernelBuilder, node: Node, idx: list[K.Expr], kernel: tuple,
                  x_shape: tuple, pad_checks: bool):
     """Loops over the window taps of output (oh, ow); yields (loops, ih, iw, inside)."""
@@ -189,11 +196,7 @@ def lower_conv(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
     chan = idx[1] // (k_out // group) * cg + c if group > 1 else c
     dtype = kdtype(node.outputs[0])
     acc = kb.fresh("acc", dtype)
-    init: K.Expr = K.Const(0.0, dtype)
-    stmts: list[K.Stmt] = []
-    if len(node.inputs) > 2 and node.inputs[2] is not None:
-        s, init = kb.load(node.inputs[2], [idx[1]])
-        stmts += s
+    stmts, init = bias_init(kb, node, idx[1], dtype)
     sx, xv = kb.load(x, [idx[0], chan, clamp(ih, xs[2]) if checks else ih,
                          clamp(iw, xs[3]) if checks else iw])
     sw_, wv = kb.load(w, [idx[1], c, ti, tj])
@@ -383,11 +386,7 @@ def lower_conv_transpose(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> El
     sx, xv = kb.load(x, [idx[0], chan, clamp(ih, h_), clamp(iw, w_)])
     sw_, wv = kb.load(w, [chan, idx[1] % kg, i, j])
     acc = kb.fresh("acc", dtype)
-    init: K.Expr = K.Const(0.0, dtype)
-    stmts: list[K.Stmt] = []
-    if len(node.inputs) > 2 and node.inputs[2] is not None:
-        s, init = kb.load(node.inputs[2], [idx[1]])
-        stmts += s
+    stmts, init = bias_init(kb, node, idx[1], dtype)
     body = sx + sw_ + [K.Assign(acc, acc + K.select(inside, xv * wv, 0.0))]
     loop = K.Loop(c, K.Const(0), K.Const(cg), [K.Loop(i, K.Const(0), K.Const(fh), [
         K.Loop(j, K.Const(0), K.Const(fw), body, "unroll")])])
