@@ -27,6 +27,30 @@ def run_ref(op: str, inputs, **attrs):
     return out if isinstance(out, tuple) else (out,)
 
 
+def reference(op: str, inputs, **attrs):
+    """The op's reference output as it returns it (one array or a tuple)."""
+    opdef = get_op(op)
+    return opdef.reference(list(inputs), opdef.normalize_attrs(attrs, "n"))
+
+
+def infer(op: str, types: list, **attrs):
+    """The single output type of ``op`` on ``types`` (TensorTypes or plain shapes)."""
+    from cnncompiler.ir.types import TensorType
+    from cnncompiler.ops.registry import infer_node
+
+    types = [t if isinstance(t, TensorType) else TensorType(t) for t in types]
+    (out,) = infer_node(op, types, attrs, "n")
+    return out
+
+
+def check_type(op: str, inputs: list, y: np.ndarray, **attrs) -> None:
+    """The inferred type is the reference output's type."""
+    from cnncompiler.ir.types import TensorType
+
+    t = infer(op, [TensorType.of(x) for x in inputs], **attrs)
+    assert t.shape == y.shape and t.dtype.numpy == y.dtype
+
+
 def rel_err(out, ref) -> float:
     out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
     return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-300))

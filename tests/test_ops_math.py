@@ -9,13 +9,15 @@ import math
 
 import numpy as np
 import pytest
+from helpers import check_type, infer
+from helpers import reference as run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cnncompiler.errors import AttributeValueError, ShapeError
 from cnncompiler.ir.types import DType, TensorType
 from cnncompiler.ops.opdef import FusionKind
-from cnncompiler.ops.registry import get_op, infer_node
+from cnncompiler.ops.registry import get_op
 
 RNG = np.random.default_rng(7)
 
@@ -25,21 +27,7 @@ def rand(*shape: int) -> np.ndarray:
     return RNG.uniform(0.1, 3.0, shape) * RNG.choice([-1.0, 1.0], shape)
 
 
-def run(op: str, inputs: list, **attrs):
-    opdef = get_op(op)
-    return opdef.reference(inputs, opdef.normalize_attrs(attrs, "n"))
 
-
-def infer(op: str, types: list, **attrs) -> TensorType:
-    types = [t if isinstance(t, TensorType) else TensorType(t) for t in types]
-    (t,) = infer_node(op, types, attrs, "n")
-    return t
-
-
-def check_type(op: str, inputs: list, y: np.ndarray, **attrs) -> None:
-    """The inferred type is the reference output's type."""
-    t = infer(op, [TensorType.of(x) for x in inputs], **attrs)
-    assert t.shape == y.shape and t.dtype.numpy == y.dtype
 
 
 def scalar(f, x: np.ndarray) -> np.ndarray:

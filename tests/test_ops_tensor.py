@@ -8,6 +8,8 @@ import itertools
 
 import numpy as np
 import pytest
+from helpers import check_type, infer
+from helpers import reference as run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,7 +17,7 @@ from cnncompiler.errors import AttributeValueError, ShapeError
 from cnncompiler.ir.builder import GraphBuilder
 from cnncompiler.ir.types import DType, TensorType
 from cnncompiler.ops.opdef import FusionKind
-from cnncompiler.ops.registry import get_op, infer_node
+from cnncompiler.ops.registry import get_op
 
 RNG = np.random.default_rng(5)
 INT64_MAX, INT64_MIN = 2**63 - 1, -(2**63)
@@ -26,20 +28,7 @@ def rand(*shape: int) -> np.ndarray:
     return RNG.uniform(0.5, 2.0, shape) * RNG.choice([-1.0, 1.0], shape)
 
 
-def run(op: str, inputs: list, **attrs):
-    opdef = get_op(op)
-    return opdef.reference(inputs, opdef.normalize_attrs(attrs, "n"))
 
-
-def infer(op: str, types: list, **attrs) -> TensorType:
-    types = [t if isinstance(t, TensorType) else TensorType(t) for t in types]
-    (out,) = infer_node(op, types, attrs, "n")
-    return out
-
-
-def check_type(op: str, inputs: list, y: np.ndarray, **attrs) -> None:
-    t = infer(op, [TensorType.of(x) for x in inputs], **attrs)
-    assert t.shape == y.shape and t.dtype.numpy == y.dtype
 
 
 def indices(shape):
