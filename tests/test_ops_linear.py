@@ -6,6 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
+from helpers import reference as run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,11 +20,6 @@ RNG = np.random.default_rng(0)
 
 def rand(*shape: int) -> np.ndarray:
     return RNG.uniform(0.5, 2.0, shape) * RNG.choice([-1.0, 1.0], shape)
-
-
-def run(op: str, inputs: list, **attrs):
-    opdef = get_op(op)
-    return opdef.reference(inputs, opdef.normalize_attrs(attrs, "n"))
 
 
 def gemm_loops(a, b, c, alpha, beta, trans_a, trans_b) -> np.ndarray:

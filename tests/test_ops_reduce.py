@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+from helpers import reference as run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,11 +22,6 @@ RNG = np.random.default_rng(11)
 
 def rand(*shape: int) -> np.ndarray:
     return RNG.uniform(0.2, 2.0, shape) * RNG.choice([-1.0, 1.0], shape)
-
-
-def run(op: str, inputs: list, **attrs):
-    opdef = get_op(op)
-    return opdef.reference(inputs, opdef.normalize_attrs(attrs, "n"))
 
 
 def infer(op: str, t, **attrs) -> TensorType:

@@ -9,6 +9,7 @@ import re
 
 import numpy as np
 import pytest
+from helpers import reference as run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,11 +24,6 @@ RNG = np.random.default_rng(1)
 
 def rand(*shape: int) -> np.ndarray:
     return RNG.uniform(0.5, 2.0, shape) * RNG.choice([-1.0, 1.0], shape)
-
-
-def run(op: str, inputs: list, **attrs):
-    opdef = get_op(op)
-    return opdef.reference(inputs, opdef.normalize_attrs(attrs, "n"))
 
 
 def infer(op: str, shapes: list, n_out: int | None = None, **attrs) -> list[tuple]:
