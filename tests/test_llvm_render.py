@@ -303,3 +303,35 @@ def test_missing_llvmlite_is_reported(monkeypatch):
         JitEngine()
     with pytest.raises(BackendUnavailableError, match="llvmlite"):
         render_module([], "none")
+
+
+def test_explicit_vectors(engine):
+    """f32x8 values: vector loads/stores, broadcasts, fma, max, compare + select."""
+    n = 64
+    x, w, y = K.Buffer("x", "f32", n), K.Buffer("w", "f32", 8), K.Buffer("y", "f32", n)
+    i = K.Var("i")
+    acc = K.Var("acc", "f32x8")
+    xv = K.Load(x, i * 8, 8)
+    body = [K.Declare(acc, K.broadcast(0.5, 8)),
+            K.Assign(acc, K.fma(xv, K.Load(w, K.Const(0), 8), acc)),
+            K.Assign(acc, K.fma(K.Broadcast(K.Load(x, i * 8), 8), xv, acc)),
+            K.Store(y, i * 8, K.select(acc.gt(1.0), K.maximum(acc, 2.0), -acc))]
+    kernel = K.Kernel("vec8", [x, w, y], [K.Loop(i, K.Const(0), K.Const(n // 8), body)])
+    rng = np.random.default_rng(0)
+    xs = rng.standard_normal(n).astype(np.float32)
+    ws = rng.standard_normal(8).astype(np.float32)
+    ys = np.zeros(n, np.float32)
+    run(engine, kernel, xs, ws, ys)
+    x2 = xs.astype(np.float64).reshape(-1, 8)
+    a = 0.5 + x2 * ws + x2[:, :1] * x2
+    want = np.where(a > 1, np.maximum(a, 2), -a).ravel()
+    assert rel_err(ys, want) < 1e-6
+    text = str(render_module([kernel], "m_vec_text"))
+    assert "<8 x float>" in text and "llvm.fma.v8f32" in text
+
+
+def test_vector_type_errors():
+    x = K.Buffer("x", "f32", 16)
+    bad = K.Kernel("badvec", [x], [K.Store(x, K.Const(0), K.Cast(K.Load(x, K.Const(0), 8)))])
+    with pytest.raises(CnnCompilerError, match="badvec.*cannot cast"):
+        render_module([bad])

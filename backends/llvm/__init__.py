@@ -32,6 +32,12 @@ class LLVMBackend(Backend):
 
         return f"LLVM JIT for this CPU: {host_description()}"
 
+    def passes(self, **options: Any) -> list:
+        from cnncompiler.backends.llvm.schedule import choose_layout
+        from cnncompiler.passes.layout import layout_pass
+
+        return [layout_pass(choose_layout)]
+
     def supports(self, node: Node) -> str | None:
         from cnncompiler.kernel.lower import unsupported_reason
 

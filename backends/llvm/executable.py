@@ -91,9 +91,18 @@ class CompiledGraph:
         self.threads = threads
         # no in-place reuse: kernels declare their buffers noalias
         self.plan = plan_memory(graph, batch=1, alignment=ALIGN, inplace=False)
-        stored = [v for v in graph.values.values() if v.is_stored]
-        self.weights = [np.ascontiguousarray(graph.data[v.name]) for v in stored]
-        weight_arg = {v.name: 1 + i for i, v in enumerate(stored)}
+        # weights, then compile-time tables, are passed as args[1:]; a weight only a
+        # repacked table reads (conv filters in a blocked layout) is not passed at all
+        self.weights: list[np.ndarray] = []
+        weight_arg: dict[str, int] = {}
+
+        def weight(name: str) -> int:
+            if name not in weight_arg:
+                self.weights.append(np.ascontiguousarray(graph.data[name]))
+                weight_arg[name] = len(self.weights)
+            return weight_arg[name]
+
+        values = graph.values
         kernels, calls = [], []
         self.kernel_nodes: list[tuple[str, list[tuple[int, int]], object]] = []
         for i, node in enumerate(graph.nodes):
@@ -101,22 +110,10 @@ class CompiledGraph:
             if node.opdef.view and self.plan.offsets.get(out.name) == self.plan.offsets.get(
                     node.inputs[0].name):
                 continue  # the output aliases the input buffer: nothing to do
-            kernel = lower_node(node, f"k{i}_{_ident(node.name)}")
+            kernel = lower_node(node, f"k{i}_{_ident(node.name)}", graph.data)
             kernels.append(kernel)
-            if node.op == "Fused":
-                body = node.attrs["body"]
-                outer = dict(zip((v.name for v in body.inputs), node.inputs))
-                values = [outer[v.name] for v in body.inputs]
-            else:
-                values = [v for v in node.inputs if v is not None]
-            seen: list[str] = []
-            args = []
-            for v in values:
-                if v.name in seen:
-                    continue
-                seen.append(v.name)
-                args.append((weight_arg[v.name], 0) if v.is_stored else (0, self.plan.offsets[
-                    v.name]))
+            args = [(weight(name), 0) if values[name].is_stored
+                    else (0, self.plan.offsets[name]) for name in kernel.inputs]
             args.append((0, self.plan.offsets[out.name]))
             for array in kernel.tables.values():   # compile-time tables travel like weights
                 self.weights.append(array)

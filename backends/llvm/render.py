@@ -13,7 +13,8 @@ Translation rules (the renderer only translates; schedules are decided upstream)
 * Declared variables (``Declare``) become entry-block allocas that LLVM's SROA/mem2reg
   promotes to registers; loop indices are ``i64`` phis. ``Loop.start``/``Loop.stop`` are
   evaluated once, before the loop.
-* ``Loop.kind`` "unroll" attaches an ``llvm.loop.unroll.enable`` hint; "vector" is left to
+* ``Loop.kind`` "unroll" attaches an ``llvm.loop.unroll.enable`` hint, "rolled" an
+  ``llvm.loop.unroll.disable`` one; "vector" is left to
   LLVM's loop vectoriser and its cost model (a forced hint only produces warnings where it
   cannot apply); "parallel" renders serially (threading is the backend's job).
 * Float arithmetic carries the fast-math flags in ``fastmath`` (default: everything of
@@ -33,7 +34,9 @@ Translation rules (the renderer only translates; schedules are decided upstream)
   that load. Lowerings that want a branch-free select should clamp the index instead
   (``Load(x, select(inside, idx, 0))``).
 * ``and``/``or`` evaluate both operands (no short circuit).
-* exp/log/tanh/erf/pow call libm (``expf``... for f32, ``exp``... for f64);
+* exp/log/tanh on f32 (scalars and vectors) are inlined IR from :mod:`.mathlib` (branch
+  free, so loops over them vectorise; within ~2 ulp of libm, same inf/NaN/zero results);
+  f64 exp/log/tanh and erf/pow call libm (``erff``... for f32, ``exp``... for f64);
   sqrt/abs/floor/ceil use LLVM intrinsics; neg is ``fneg``.
 
 Errors a kernel can cause (unknown variable, mismatched types, unsupported construct)
@@ -71,7 +74,9 @@ def _require_llvmlite() -> None:
 
 
 def _value_type(dtype: str):
-    """The LLVM type of a value of ``dtype`` held in a register."""
+    """The LLVM type of a value of ``dtype`` held in a register (``f32x8`` -> <8 x float>)."""
+    if K.lanes_of(dtype) > 1:
+        return ir.VectorType(_value_type(K.scalar_of(dtype)), K.lanes_of(dtype))
     if dtype == "f32":
         return ir.FloatType()
     if dtype == "f64":
@@ -126,6 +131,7 @@ def _loop_id(module, hints: Sequence[tuple[str, object]]):
 
 _LOOP_HINTS: dict[str, tuple[tuple[str, object], ...]] = {
     "unroll": (("llvm.loop.unroll.enable", True),),
+    "rolled": (("llvm.loop.unroll.disable", True),),
 }
 
 
@@ -228,7 +234,8 @@ class _KernelRenderer:
         if isinstance(s, K.Store):
             ptr = self.address(s.buffer, s.index)
             value = self.expr(s.value)
-            if s.value.dtype != s.buffer.dtype:
+            if K.scalar_of(s.value.dtype) != s.buffer.dtype or (
+                    K.lanes_of(s.value.dtype) > 1 and s.buffer.dtype == "i1"):
                 raise self.error(f"store of a {s.value.dtype} value into {s.buffer.dtype} "
                                  f"buffer '{s.buffer.name}'")
             if s.buffer.dtype == "i1":
@@ -350,8 +357,10 @@ class _KernelRenderer:
     def truth(self, e: K.Expr):
         """``e`` as an i1 condition (non-zero is true)."""
         value = self.expr(e)
-        if e.dtype == "i1":
+        if K.scalar_of(e.dtype) == "i1":
             return value
+        if K.lanes_of(e.dtype) > 1:
+            raise self.error(f"a {e.dtype} vector used as a condition")
         if e.dtype in ("f32", "f64"):
             return self.builder.fcmp_unordered("!=", value, ir.Constant(value.type, 0.0))
         return self.builder.icmp_signed("!=", value, ir.Constant(value.type, 0))
@@ -381,11 +390,26 @@ class _KernelRenderer:
             return b.load(value, name=e.name, typ=_value_type(dtype))
         if isinstance(e, K.Load):
             ptr = self.address(e.buffer, e.index)
+            if e.lanes > 1:   # contiguous lanes; element alignment (vmovups on x86)
+                if e.buffer.dtype == "i1":
+                    raise self.error(f"vector load from bool buffer '{e.buffer.name}'")
+                return b.load(ptr, typ=_value_type(e.dtype), align=_alignment(e.buffer.dtype))
             value = b.load(ptr, typ=_memory_type(e.buffer.dtype),
                            align=_alignment(e.buffer.dtype))
             if e.buffer.dtype == "i1":
                 value = b.icmp_unsigned("!=", value, ir.Constant(ir.IntType(8), 0))
             return value
+        if isinstance(e, K.Broadcast):
+            x = self.expr(e.value)
+            vty = _value_type(e.dtype)
+            i32 = ir.IntType(32)
+            one = b.insert_element(ir.Constant(vty, ir.Undefined), x, ir.Constant(i32, 0))
+            return b.shuffle_vector(one, one, ir.Constant(ir.VectorType(i32, e.lanes),
+                                                          [0] * e.lanes))
+        if isinstance(e, K.Extract):
+            if not 0 <= e.lane < K.lanes_of(e.value.dtype):
+                raise self.error(f"lane {e.lane} of a {e.value.dtype} value")
+            return b.extract_element(self.expr(e.value), ir.Constant(ir.IntType(32), e.lane))
         if isinstance(e, K.Bin):
             return self.binary(e)
         if isinstance(e, K.Call):
@@ -401,7 +425,7 @@ class _KernelRenderer:
         op, dtype = e.op, e.a.dtype
         x = self.expr(e.a)
         y = self.expr(e.b)
-        is_float = dtype in ("f32", "f64")
+        is_float = K.scalar_of(dtype) in ("f32", "f64")
         if op in K.COMPARE:
             if is_float:
                 if op == "!=":  # true for NaN, like Python
@@ -440,6 +464,8 @@ class _KernelRenderer:
                 fn = self.decls.get(f"llvm.floor.{_suffix(dtype)}", x.type, [x.type])
                 return b.call(fn, [q], fastmath=fm)
             raise self.error(f"unsupported float operator {op!r}")
+        if K.lanes_of(dtype) > 1:
+            raise self.error(f"integer vector operator {op!r} is not supported")
         if dtype == "i1" and op in ("+", "-", "*", "max", "min"):
             raise self.error(f"arithmetic '{op}' on i1 values")
         if op == "+":
@@ -473,7 +499,7 @@ class _KernelRenderer:
         b = self.builder
         fn_name = e.fn
         args = [self.expr(a) for a in e.args]
-        expected = 2 if fn_name == "pow" else 1
+        expected = K.ARITY.get(fn_name, 1)
         if len(args) != expected:
             raise self.error(f"{fn_name} takes {expected} argument(s), got {len(args)}")
         dtype = e.args[0].dtype
@@ -483,13 +509,22 @@ class _KernelRenderer:
             raise self.error(f"{fn_name} of {dtype} declared to return {e.dtype}")
         x = args[0]
         fm = self.fastmath
-        if dtype in ("f32", "f64"):
+        if K.scalar_of(dtype) == "f32" and fn_name in ("exp", "log", "tanh"):
+            from cnncompiler.backends.llvm import mathlib  # imports llvmlite
+
+            return b.call(mathlib.function(self.module, fn_name, x.type), [x])
+        if fn_name == "fma" and K.scalar_of(dtype) in ("f32", "f64"):
+            fn = self.decls.get(f"llvm.fma.{_suffix(dtype)}", x.type, [x.type] * 3)
+            return b.call(fn, args, fastmath=fm)
+        if K.scalar_of(dtype) in ("f32", "f64"):   # scalars and vectors
             if fn_name == "neg":
                 return b.fneg(x, flags=fm)
             if fn_name in _INTRINSIC:
                 fn = self.decls.get(f"llvm.{_INTRINSIC[fn_name]}.{_suffix(dtype)}",
                                     x.type, [x.type])
                 return b.call(fn, [x], fastmath=fm)
+            if K.lanes_of(dtype) > 1:
+                raise self.error(f"{fn_name} of {dtype} vectors is not supported")
             libm = _LIBM[fn_name] + ("f" if dtype == "f32" else "")
             fn = self.decls.get(libm, x.type, [x.type] * len(args))
             return b.call(fn, args, fastmath=fm)
@@ -545,7 +580,7 @@ class _KernelRenderer:
             ok = all(self.speculatable(a) for a in e.args)
         elif isinstance(e, K.Select):
             ok = all(self.speculatable(x) for x in (e.cond, e.a, e.b))
-        elif isinstance(e, K.Cast):
+        elif isinstance(e, (K.Cast, K.Broadcast, K.Extract)):
             ok = self.speculatable(e.value)
         else:
             ok = True
@@ -556,6 +591,8 @@ class _KernelRenderer:
         b = self.builder
         if src == dst:
             return value
+        if K.lanes_of(src) > 1 or K.lanes_of(dst) > 1:
+            raise self.error(f"cannot cast {src} to {dst} (vector casts are not supported)")
         floats = ("f32", "f64")
         target = _value_type(dst)
         if src in floats and dst in floats:
@@ -580,7 +617,10 @@ def _exact(fastmath: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _suffix(dtype: str) -> str:
-    return "f32" if dtype == "f32" else "f64"
+    """Intrinsic name suffix: f32, f64, v8f32..."""
+    base = "f32" if K.scalar_of(dtype) == "f32" else "f64"
+    lanes = K.lanes_of(dtype)
+    return f"v{lanes}{base}" if lanes > 1 else base
 
 
 def _arg_name(name: str) -> str:

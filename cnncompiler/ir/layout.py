@@ -18,6 +18,7 @@ extent of 1 means "broadcast over C" and needs no blocking.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -71,8 +72,11 @@ class Layout:
         return tuple(shape)
 
     def logical_shape(self, shape: tuple[Dim, ...]) -> tuple[Dim, ...]:
-        """The logical NCHW shape of a physical ``shape`` (ValueError on a wrong rank)."""
+        """The logical NCHW shape of a physical ``shape`` (ValueError on a wrong rank; NCHW
+        is the identity on tensors of any rank)."""
         shape = tuple(shape)
+        if self.is_nchw:
+            return shape
         if len(shape) != self.rank:
             raise ValueError(f"layout {self.name} has rank {self.rank}, got shape {list(shape)}")
         if self.name == "NHWC":
@@ -127,6 +131,26 @@ class Layout:
         if self.name == "NHWC":
             return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
         return np.ascontiguousarray(x.transpose(0, 1, 4, 2, 3).reshape(n, c, h, w))
+
+    def logical_index(self, idx: Sequence) -> tuple:
+        """The logical [n, c, h, w] index of physical index ``idx``. Works on ints and on
+        kernel-IR index expressions alike (only +, *, //, % are used)."""
+        if self.name == "NHWC":
+            n, h, w, c = idx
+            return (n, c, h, w)
+        if self.block:
+            n, cb, h, w, lane = idx
+            return (n, cb * self.block + lane, h, w)
+        return tuple(idx)
+
+    def physical_index(self, idx: Sequence) -> tuple:
+        """The physical index of logical [n, c, h, w] index ``idx`` (inverse of the above)."""
+        n, c, h, w = idx
+        if self.name == "NHWC":
+            return (n, h, w, c)
+        if self.block:
+            return (n, c // self.block, h, w, c % self.block)
+        return tuple(idx)
 
     # ------------------------------------------------- operands that broadcast
     def broadcast_problem(self, shape: tuple[Dim, ...]) -> str | None:

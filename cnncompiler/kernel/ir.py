@@ -12,7 +12,25 @@ SCALAR_TYPES = ("f32", "f64", "i64", "i1")
 ARITH = ("+", "-", "*", "/", "max", "min", "%", "//")
 COMPARE = ("<", "<=", ">", ">=", "==", "!=")
 LOGIC = ("and", "or")
-FUNCS = ("exp", "log", "sqrt", "tanh", "erf", "abs", "floor", "ceil", "pow", "neg")
+FUNCS = ("exp", "log", "sqrt", "tanh", "erf", "abs", "floor", "ceil", "pow", "neg", "fma")
+ARITY = {"pow": 2, "fma": 3}
+
+
+# ------------------------------------------------------------------ vector types
+# A schedule that wants explicit SIMD writes vector values: dtype "f32x8" is 8 f32 lanes
+# (a ymm register on AVX2, a float8 in OpenCL C). Arithmetic, comparisons ("i1x8"), selects
+# and calls work lane-wise on them; Load/Store with lanes > 1 move contiguous elements.
+def vector(dtype: str, lanes: int) -> str:
+    """The dtype of ``lanes`` lanes of scalar ``dtype`` (the scalar itself for 1 lane)."""
+    return dtype if lanes == 1 else f"{dtype}x{lanes}"
+
+
+def lanes_of(dtype: str) -> int:
+    return int(dtype.split("x")[1]) if "x" in dtype else 1
+
+
+def scalar_of(dtype: str) -> str:
+    return dtype.split("x")[0]
 
 
 class Expr:
@@ -52,6 +70,8 @@ def lift(x: ExprLike, dtype: str) -> Expr:
         return Const(int(x), "i1")
     if dtype == "i1":
         dtype = "i64"
+    if lanes_of(dtype) > 1:   # a splat: every lane holds the number
+        return Broadcast(lift(x, scalar_of(dtype)), lanes_of(dtype))
     return Const(float(x) if dtype in ("f32", "f64") else int(x), dtype)
 
 
@@ -80,12 +100,39 @@ class Buffer:
 
 @dataclass(frozen=True, eq=False)
 class Load(Expr):
+    """``buffer[index]``, or with ``lanes`` > 1 the vector ``buffer[index : index+lanes]``."""
+
     buffer: Buffer
     index: Expr
+    lanes: int = 1
 
     @property
     def dtype(self) -> str:  # type: ignore[override]
-        return self.buffer.dtype
+        return vector(self.buffer.dtype, self.lanes)
+
+
+@dataclass(frozen=True, eq=False)
+class Broadcast(Expr):
+    """A scalar copied into every lane of a vector."""
+
+    value: Expr
+    lanes: int
+
+    @property
+    def dtype(self) -> str:  # type: ignore[override]
+        return vector(self.value.dtype, self.lanes)
+
+
+@dataclass(frozen=True, eq=False)
+class Extract(Expr):
+    """Lane ``lane`` (a compile-time int) of a vector, as a scalar."""
+
+    value: Expr
+    lane: int
+
+    @property
+    def dtype(self) -> str:  # type: ignore[override]
+        return scalar_of(self.value.dtype)
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,7 +149,8 @@ class Bin(Expr):
         if self.a.dtype != self.b.dtype:
             raise TypeError(f"operands of {self.op!r} differ: {self.a.dtype} vs {self.b.dtype}")
         # computed once: long accumulation chains must not recurse to find their type
-        object.__setattr__(self, "dtype", "i1" if self.op in COMPARE else self.a.dtype)
+        compare = vector("i1", lanes_of(self.a.dtype))
+        object.__setattr__(self, "dtype", compare if self.op in COMPARE else self.a.dtype)
 
 
 @dataclass(frozen=True, eq=False)
@@ -139,6 +187,8 @@ class Stmt:
 
 @dataclass(eq=False)
 class Store(Stmt):
+    """``buffer[index] = value``; a vector value fills ``lanes`` consecutive elements."""
+
     buffer: Buffer
     index: Expr
     value: Expr
@@ -159,7 +209,9 @@ class Assign(Stmt):
 @dataclass(eq=False)
 class Loop(Stmt):
     """``for var in range(start, stop)``; ``kind`` is the schedule's decision: "serial",
-    "parallel" (split across threads), "vector" (SIMD lanes) or "unroll"."""
+    "parallel" (split across threads), "vector" (SIMD lanes), "unroll" or "rolled" (never
+    unrolled: where unrolling would let the compiler merge loads of different iterations
+    and keep them live, as in a register-blocked conv)."""
 
     var: Var
     start: Expr
@@ -186,6 +238,9 @@ class Kernel:
     #: compile-time tables among ``buffers`` (e.g. Resize's source indices): buffer name ->
     #: numpy array the backend passes like a weight
     tables: dict = field(default_factory=dict)
+    #: names of the graph values bound to the leading buffers, in order (then ``out``, then
+    #: the tables); a lowering may leave an input out (a weight it repacked into a table)
+    inputs: list[str] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------ helpers
@@ -199,6 +254,15 @@ def minimum(a: Expr, b: ExprLike) -> Expr:
 
 def call(fn: str, *args: Expr) -> Expr:
     return Call(fn, tuple(args), args[0].dtype)
+
+
+def fma(a: Expr, b: Expr, c: Expr) -> Expr:
+    """``a * b + c`` with one rounding (one FMA instruction per lane on AVX2)."""
+    return Call("fma", (a, b, c), c.dtype)
+
+
+def broadcast(x: ExprLike, lanes: int, dtype: str = "f32") -> Expr:
+    return Broadcast(lift(x, dtype), lanes) if lanes > 1 else lift(x, dtype)
 
 
 def select(cond: Expr, a: ExprLike, b: ExprLike) -> Expr:

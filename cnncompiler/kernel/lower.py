@@ -8,11 +8,15 @@ Shapes must be concrete (the backend specialises on the batch).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+
+import numpy as np
 
 from cnncompiler.errors import UnsupportedError
 from cnncompiler.ir.graph import Node, Value
+from cnncompiler.ir.layout import parse_layout
 from cnncompiler.kernel import ir as K
+from cnncompiler.kernel.conv_nchwc import blocked_conv_problem, conv_nchwc
 
 DTYPES = {"float32": "f32", "float64": "f64", "int64": "i64", "bool": "i1"}
 Element = tuple[list[K.Stmt], K.Expr]
@@ -31,8 +35,10 @@ def shape_of(v: Value) -> tuple[int, ...]:
 class KernelBuilder:
     """Builds the kernel of one node; ``inputs`` are the values it reads from memory."""
 
-    def __init__(self, node: Node, name: str):
+    def __init__(self, node: Node, name: str, data: Mapping[str, np.ndarray] | None = None):
         self.node = node
+        self.data = data or {}     # stored values' arrays (weights), for compile-time packing
+        self.dropped: set[str] = set()
         self.name = name
         if node.op == "Fused":
             body = node.attrs["body"]
@@ -54,10 +60,17 @@ class KernelBuilder:
         self.names = K.Names()
         self.tables: dict[str, tuple[K.Buffer, object]] = {}
 
+    def data_of(self, v: Value) -> np.ndarray | None:
+        """The array of a stored input (a weight), or None if ``v`` is computed at run time."""
+        outer = self.outer.get(v.name)
+        return self.data.get(outer.name) if outer is not None and outer.is_stored else None
+
+    def drop_input(self, v: Value) -> None:
+        """The kernel no longer reads input ``v`` (a lowering repacked it into a table)."""
+        self.dropped.add(v.name)
+
     def table(self, name: str, values, dtype: str = "i64") -> K.Buffer:
         """A compile-time lookup table (indices, or weights of ``dtype``) the kernel reads."""
-        import numpy as np
-
         numpy_type = {"i64": np.int64, "f32": np.float32, "f64": np.float64}[dtype]
         array = np.ascontiguousarray(values, dtype=numpy_type)
         buf = K.Buffer(f"t{len(self.tables)}_{name}", dtype, array.size)
@@ -70,6 +83,10 @@ class KernelBuilder:
         first = self.members[0]
         if len(self.members) == 1 and anchor.op in ROW_KERNELS:
             body = ROW_KERNELS[anchor.op](self, anchor)
+        elif (first.op == "Conv" and first.inputs[0].name in self.buffers
+              and blocked_conv_problem(first, self.data_of(first.inputs[1]) is not None)
+              is None):
+            body = conv_nchwc(self, first)
         elif first.op == "Conv" and first.inputs[0].name in self.buffers:
             body = conv_rows(self, first)
         else:
@@ -94,10 +111,15 @@ class KernelBuilder:
             if outer is not None:
                 body = [K.Loop(outer, K.Const(0), K.Const(shape[0] * shape[1]), body,
                                "parallel")]
-        buffers = [self.buffers[v.name] for v in self.inputs] + [self.out]
-        buffers += [buf for buf, _ in self.tables.values()]
-        return K.Kernel(self.name, _unique(buffers), body,
-                        tables={buf.name: array for buf, array in self.tables.values()})
+        inputs, buffers = [], []
+        for v in self.inputs:
+            if v.name not in self.dropped and all(self.buffers[v.name] is not b for b in buffers):
+                inputs.append(self.outer[v.name].name)
+                buffers.append(self.buffers[v.name])
+        buffers += [self.out] + [buf for buf, _ in self.tables.values()]
+        return K.Kernel(self.name, buffers, body,
+                        tables={buf.name: array for buf, array in self.tables.values()},
+                        inputs=inputs)
 
     # ------------------------------------------------------------------- elements
     def element(self, v: Value, idx: list[K.Expr]) -> Element:
@@ -121,8 +143,8 @@ class KernelBuilder:
     def operand_index(self, node: Node, i: int, u: Value, idx: list[K.Expr]) -> list[K.Expr]:
         """Where operand ``u`` is read for output index ``idx`` (broadcasting rules)."""
         shape = shape_of(u)
-        if node.opdef.per_channel_inputs and i > 0:
-            return [idx[1]]
+        if node.opdef.per_channel_inputs and i > 0:   # [C] operands, at the logical channel
+            return [parse_layout(node.attrs.get("layout")).logical_index(idx)[1]]
         offset = len(idx) - len(shape)
         return [K.Const(0) if shape[d] == 1 else idx[offset + d] for d in range(len(shape))]
 
@@ -133,12 +155,9 @@ class KernelBuilder:
         return self.names.var(base, dtype)
 
 
-def _unique(buffers: list[K.Buffer]) -> list[K.Buffer]:
-    seen: list[K.Buffer] = []
-    for b in buffers:
-        if all(b is not s for s in seen):
-            seen.append(b)
-    return seen
+def is_blocked(node: Node) -> bool:
+    """Does ``node`` run in a channel-blocked layout (NCHW{x}c)?"""
+    return parse_layout(node.attrs.get("layout")).block is not None
 
 
 def clamp(e: K.Expr, size: int) -> K.Expr:
@@ -217,8 +236,9 @@ def lower_pool(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
     dtype = kdtype(node.outputs[0])
     checks = _needs_checks(node, xs, ys, kernel)
     ti, tj, ih, iw, inside = _window_taps(kb, node, idx, kernel, xs, checks)
+    # NCHW and NCHW{x}c have H, W at axes 2, 3; a channel block's lane index trails
     sx, xv = kb.load(x, [idx[0], idx[1], clamp(ih, xs[2]) if checks else ih,
-                         clamp(iw, xs[3]) if checks else iw])
+                         clamp(iw, xs[3]) if checks else iw, *idx[4:]])
     acc = kb.fresh("acc", dtype)
     if node.op == "MaxPool":
         step = K.maximum(acc, xv)
@@ -247,7 +267,7 @@ def lower_global_pool(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Eleme
     xs = shape_of(x)
     dtype = kdtype(node.outputs[0])
     h, w = kb.fresh("h"), kb.fresh("w")
-    sx, xv = kb.load(x, [idx[0], idx[1], h, w])
+    sx, xv = kb.load(x, [idx[0], idx[1], h, w, *idx[4:]])
     acc = kb.fresh("acc", dtype)
     if node.op == "GlobalMaxPool":
         init, step, result = K.Const(-math.inf, dtype), K.maximum(acc, xv), acc
@@ -393,11 +413,15 @@ def lower_conv_transpose(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> El
     return stmts + [K.Declare(acc, init), loop], acc
 
 
+def lower_layout_transform(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
+    """A re-laying is a gather: physical index in ``dst`` -> logical -> physical in ``src``."""
+    src, dst = parse_layout(node.attrs["src"]), parse_layout(node.attrs["dst"])
+    return kb.element(node.inputs[0], list(src.physical_index(dst.logical_index(idx))))
+
+
 def lower_resize(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
     """Nearest or N-linear resize through per-axis tables of source indices and weights,
     computed at compile time by the op's own coordinate functions."""
-    import numpy as np
-
     from cnncompiler.ops.resize import nearest_index, source_coords
 
     x, a = node.inputs[0], node.attrs
@@ -440,26 +464,280 @@ def lower_resize(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
     return stmts, total
 
 
+# ------------------------------------------------- tensor plumbing: one input element each
+def infer_context(node: Node):
+    """The op's own InferContext on the node's now concrete input types, so a lowering reuses
+    the op's attribute arithmetic (slice bounds, reduced axes) instead of repeating it."""
+    from cnncompiler.ir.types import TensorType
+    from cnncompiler.ops.opdef import InferContext
+
+    types = [None if v is None else TensorType(shape_of(v), v.type.dtype) for v in node.inputs]
+    return InferContext(node.op, node.name, types, node.attrs)
+
+
+def lower_slice(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
+    """A sliced axis reads start + i * step, with ONNX's clamped start."""
+    from cnncompiler.ops.tensor_ops import slice_plan, slice_range
+
+    x = node.inputs[0]
+    xs = shape_of(x)
+    local = list(idx)
+    for axis, start, end, step in slice_plan(infer_context(node), len(xs)):
+        first, _, _ = slice_range(start, end, step, xs[axis])
+        e = idx[axis] * step if step != 1 else idx[axis]
+        local[axis] = e + first if first else e
+    return kb.element(x, local)
+
+
+def broadcast_index(shape: tuple[int, ...], idx: list[K.Expr]) -> list[K.Expr]:
+    """Where an operand of ``shape`` is read for output index ``idx`` (numpy broadcasting)."""
+    offset = len(idx) - len(shape)
+    return [K.Const(0) if shape[d] == 1 else idx[offset + d] for d in range(len(shape))]
+
+
+def lower_expand(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
+    x = node.inputs[0]
+    return kb.element(x, broadcast_index(shape_of(x), idx))
+
+
+def lower_tile(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
+    x = node.inputs[0]
+    xs = shape_of(x)
+    reps = node.attrs["repeats"]
+    return kb.element(x, [i % s if r != 1 else i for i, s, r in zip(idx, xs, reps)])
+
+
+def lower_depth_to_space(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
+    """out[n, c, h*b + i, w*b + j] reads channel (i*b + j)*C_out + c (DCR) or
+    (c*b + i)*b + j (CRD) of x[n, :, h, w]."""
+    b = node.attrs["blocksize"]
+    c_out = shape_of(node.outputs[0])[1]
+    n, c, oh, ow = idx
+    i, j = oh % b, ow % b
+    if node.attrs["mode"] == "DCR":
+        chan = (i * b + j) * c_out + c
+    else:
+        chan = (c * b + i) * b + j
+    return kb.element(node.inputs[0], [n, chan, oh // b, ow // b])
+
+
+def lower_space_to_depth(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
+    """The inverse move: out channel (i*b + j)*C + c (DCR) or (c*b + i)*b + j (CRD) at
+    (h, w) reads x[n, c, h*b + i, w*b + j]."""
+    x = node.inputs[0]
+    b = node.attrs["blocksize"]
+    c_in = shape_of(x)[1]
+    n, oc, h, w = idx
+    if node.attrs["mode"] == "DCR":
+        c, i, j = oc % c_in, oc // c_in // b, oc // c_in % b
+    else:
+        c, i, j = oc // (b * b), oc // b % b, oc % b
+    return kb.element(x, [n, c, h * b + i, w * b + j])
+
+
+def lower_gather(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
+    """data[..., indices[...], ...]: the index is read per element; (i + n) % n wraps negative
+    indices and keeps any other into the axis, so a bad run-time index never reads outside
+    the buffer (the reference raises on those; a kernel cannot)."""
+    data, indices = node.inputs[0], node.inputs[1]
+    ds, rank_i = shape_of(data), len(shape_of(indices))
+    axis = node.attrs["axis"] % len(ds)
+    si, i = kb.element(indices, idx[axis:axis + rank_i])
+    n = ds[axis]
+    sd, v = kb.element(data, [*idx[:axis], (i + n) % n, *idx[axis + rank_i:]])
+    return si + sd, v
+
+
+def lower_shape(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
+    """The (now concrete) dims of the input, from a compile-time table."""
+    from cnncompiler.ops.tensor_ops import shape_bounds
+
+    xs = shape_of(node.inputs[0])
+    start, end = shape_bounds(infer_context(node), len(xs))
+    return [], K.Load(kb.table("shape", xs[start:end]), idx[0])
+
+
+def constant(value: float, dtype: str) -> K.Expr:
+    """``value`` as a kernel constant of ``dtype`` (bools are 0/1 of type i1)."""
+    if dtype == "i1":
+        return K.Const(int(bool(value)), "i1")
+    return K.Const(float(value) if dtype in ("f32", "f64") else int(value), dtype)
+
+
+def lower_constant_of_shape(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
+    return [], constant(node.attrs["value"], kdtype(node.outputs[0]))
+
+
+# ---------------------------------------------------------------------------- reductions
+def _as_float(fn: Callable[[K.Expr], K.Expr]) -> Callable[[K.Expr], K.Expr]:
+    """``fn`` of an int64 accumulator evaluated in float64 and truncated toward zero, as
+    the reference's astype does (floats pass through)."""
+    def wrapped(acc: K.Expr) -> K.Expr:
+        if acc.dtype != "i64":
+            return fn(acc)
+        return K.Cast(fn(K.Cast(acc, "f64")), "i64")
+    return wrapped
+
+
+#: the lowest and highest int64 / float values: the start of a running max / min
+LIMITS = {"i64": (-2**63, 2**63 - 1), "f32": (-math.inf, math.inf), "f64": (-math.inf, math.inf)}
+
+
+def _extreme_step(high: bool, dtype: str) -> Callable[[K.Expr, K.Expr], K.Expr]:
+    """acc <- max(acc, x) (or min); a bool maximum is "any", a bool minimum "all"; a float
+    NaN wins and stays, as in numpy (llvm.maxnum alone would drop it)."""
+    if dtype == "i1":
+        return lambda a, x: K.Bin("or" if high else "and", a, x)
+    pick = K.maximum if high else K.minimum
+    if dtype == "i64":
+        return pick
+
+    def step(a: K.Expr, x: K.Expr) -> K.Expr:
+        nan = K.Bin("or", K.Bin("!=", a, a), K.Bin("!=", x, x))
+        return K.select(nan, a + x, pick(a, x))
+    return step
+
+
+def _reducer(op: str, dtype: str, count: int) -> tuple[K.Expr, Callable, Callable | None]:
+    """(initial value, step(acc, x), finish(acc) or None) of the Reduce ``op`` on ``dtype``
+    elements, ``count`` of them per output element."""
+    if op in ("ReduceMax", "ReduceMin"):
+        high = op == "ReduceMax"
+        low, top = LIMITS.get(dtype, (0, 1))   # bools: any starts false, all starts true
+        return constant(low if high else top, dtype), _extreme_step(high, dtype), None
+    add = lambda a, x: a + x  # noqa: E731
+    square = lambda a, x: a + x * x  # noqa: E731
+    init, step, finish = {
+        "ReduceSum": (0, add, None),
+        "ReduceMean": (0, add, _as_float(lambda a: a / float(count))),
+        "ReduceProd": (1, lambda a, x: a * x, None),
+        "ReduceSumSquare": (0, square, None),
+        "ReduceL1": (0, lambda a, x: a + K.call("abs", x), None),
+        "ReduceL2": (0, square, _as_float(lambda a: K.call("sqrt", a))),
+        "ReduceLogSum": (0, add, lambda a: K.call("log", a)),
+    }[op]
+    return constant(init, dtype), step, finish
+
+
+def _reduction_loops(kb: KernelBuilder, node: Node, idx: list[K.Expr],
+                     body: Callable[[K.Expr], list[K.Stmt]]) -> list[K.Stmt]:
+    """Loops over the reduced axes of the input; ``body(x)`` gets the element read at the
+    output index ``idx`` combined with the loop indices (no loop for a no-op reduction)."""
+    from cnncompiler.ops.reduce_ops import reduce_axes
+
+    x = node.inputs[0]
+    xs = shape_of(x)
+    axes = reduce_axes(infer_context(node), len(xs))
+    loops = {d: kb.fresh("r") for d in axes}
+    kept = iter(idx)
+    where: list[K.Expr] = []
+    for d in range(len(xs)):
+        if d in loops:
+            where.append(loops[d])
+            if node.attrs["keepdims"]:
+                next(kept)   # the size-1 output axis
+        else:
+            where.append(next(kept))
+    stmts, value = kb.element(x, where)
+    inner = stmts + body(value)
+    for d in reversed(axes):
+        inner = [K.Loop(loops[d], K.Const(0), K.Const(xs[d]), inner)]
+    return inner
+
+
+def lower_reduce(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
+    """One register accumulator per output element, over the reduced axes."""
+    x = node.inputs[0]
+    dtype = kdtype(node.outputs[0])
+    count = math.prod(shape_of(x)) // math.prod(shape_of(node.outputs[0]))
+    init, step, finish = _reducer(node.op, dtype, count)
+    acc = kb.fresh("acc", dtype)
+    # the element goes to a variable first: a select reading a load directly would branch
+    v = kb.fresh("v", kdtype(x))
+    loops = _reduction_loops(kb, node, idx, lambda e: [K.Declare(v, e),
+                                                       K.Assign(acc, step(acc, v))])
+    return [K.Declare(acc, init), *loops], acc if finish is None else finish(acc)
+
+
+def lower_reduce_log_sum_exp(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
+    """log(sum(e^(x - m))) + m with m the maximum (0 where it is not finite), as the
+    reference: two passes, so e^ never overflows."""
+    dtype = kdtype(node.outputs[0])
+    m, s = kb.fresh("m", dtype), kb.fresh("s", dtype)
+    first = _reduction_loops(kb, node, idx, lambda v: [K.Assign(m, K.maximum(m, v))])
+    finite = K.Bin("and", m.gt(-math.inf), m.lt(math.inf))
+    shift = kb.fresh("shift", dtype)
+    second = _reduction_loops(kb, node, idx,
+                              lambda v: [K.Assign(s, s + K.call("exp", v - shift))])
+    stmts = [K.Declare(m, K.Const(-math.inf, dtype)), *first,
+             K.Declare(shift, K.select(finite, m, 0.0)), K.Declare(s, K.Const(0.0, dtype)),
+             *second]
+    return stmts, K.call("log", s) + shift
+
+
+def lower_arg_extreme(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
+    """ArgMax/ArgMin: the index of the first extreme along the axis (the last with
+    select_last_index); a NaN counts as the extreme, as in numpy."""
+    x = node.inputs[0]
+    xs = shape_of(x)
+    axis = node.attrs["axis"] % len(xs)
+    dtype = kdtype(x)
+    base = list(idx) if node.attrs["keepdims"] else [*idx[:axis], K.Const(0), *idx[axis:]]
+    j = kb.fresh("j")
+    s0, first = kb.element(x, [*base[:axis], K.Const(0), *base[axis + 1:]])
+    sj, v = kb.element(x, [*base[:axis], j, *base[axis + 1:]])
+    best, arg, cur = kb.fresh("best", dtype), kb.fresh("arg"), kb.fresh("v", dtype)
+    last = node.attrs["select_last_index"]
+    if node.op == "ArgMax":
+        better = cur.ge(best) if last else cur.gt(best)
+    else:
+        better = cur.le(best) if last else cur.lt(best)
+    if dtype in ("f32", "f64"):
+        nan = K.Bin("!=", cur, cur)
+        better = K.Bin("or", better, nan if last else K.Bin("and", nan, best.eq(best)))
+    body = sj + [K.Declare(cur, v), K.Assign(arg, K.select(better, j, arg)),
+                 K.Assign(best, K.select(better, cur, best))]
+    stmts = s0 + [K.Declare(best, first), K.Declare(arg, K.Const(0)),
+                  K.Loop(j, K.Const(1), K.Const(xs[axis]), body)]
+    return stmts, arg
+
+
 LOWERINGS: dict[str, Callable[[KernelBuilder, Node, list[K.Expr]], Element]] = {
     "Conv": lower_conv, "MaxPool": lower_pool, "AveragePool": lower_pool,
     "GlobalAveragePool": lower_global_pool, "GlobalMaxPool": lower_global_pool,
     "Gemm": lower_gemm, "MatMul": lower_gemm, "Flatten": lower_view, "Reshape": lower_view,
     "Transpose": lower_transpose, "Concat": lower_concat, "Pad": lower_pad, "LRN": lower_lrn,
     "Resize": lower_resize, "ConvTranspose": lower_conv_transpose,
+    "LayoutTransform": lower_layout_transform,
+    "Squeeze": lower_view, "Unsqueeze": lower_view, "Slice": lower_slice,
+    "Expand": lower_expand, "Tile": lower_tile, "Gather": lower_gather,
+    "DepthToSpace": lower_depth_to_space, "SpaceToDepth": lower_space_to_depth,
+    "Shape": lower_shape, "ConstantOfShape": lower_constant_of_shape,
+    "ArgMax": lower_arg_extreme, "ArgMin": lower_arg_extreme,
+    "ReduceLogSumExp": lower_reduce_log_sum_exp,
+    **dict.fromkeys(("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd",
+                     "ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceLogSum"), lower_reduce),
 }
 
 
 def softmax_rows(kb: KernelBuilder, node: Node) -> list[K.Stmt]:
-    """Softmax/LogSoftmax over the last axis: max, sum of exponentials, then the row."""
+    """Softmax/LogSoftmax along ``axis``: per row (a position of the other axes) the max, the
+    sum of exponentials, then the row. A row's elements lie ``inner`` apart: 1 for the last
+    axis, H*W for the channels of NCHW (segmentation heads)."""
     x, y = node.inputs[0], node.outputs[0]
     shape = shape_of(y)
     dtype = kdtype(y)
-    rows, width = math.prod(shape[:-1]), shape[-1]
+    axis = node.attrs["axis"] % len(shape)
+    width, inner = shape[axis], math.prod(shape[axis + 1:])
+    rows = math.prod(shape) // width
     r, j = kb.fresh("r"), kb.fresh("j")
-    base = r * width
+    if inner == 1:
+        at = r * width + j
+    else:
+        at = (r // inner) * (width * inner) + r % inner + j * inner
     xin = kb.buffers[x.name]
     m, s = kb.fresh("m", dtype), kb.fresh("s", dtype)
-    xv = K.Load(xin, base + j)
+    xv = K.Load(xin, at)
     body: list[K.Stmt] = [
         K.Declare(m, K.Const(-math.inf, dtype)),
         K.Loop(j, K.Const(0), K.Const(width), [K.Assign(m, K.maximum(m, xv))]),
@@ -468,18 +746,18 @@ def softmax_rows(kb: KernelBuilder, node: Node) -> list[K.Stmt]:
     ]
     if node.op == "Softmax":
         body.append(K.Loop(j, K.Const(0), K.Const(width),
-                           [K.Store(kb.out, base + j, K.call("exp", xv - m) / s)], "vector"))
+                           [K.Store(kb.out, at, K.call("exp", xv - m) / s)], "vector"))
     else:
         # store x - max first and subtract log(sum) from that: fast-math reassociation of
         # x - m - log(s) into x - (m + log s) loses precision for large inputs
-        shifted = K.Load(kb.out, base + j)
-        body[2:] = [K.Loop(j, K.Const(0), K.Const(width), [K.Store(kb.out, base + j, xv - m)],
+        shifted = K.Load(kb.out, at)
+        body[2:] = [K.Loop(j, K.Const(0), K.Const(width), [K.Store(kb.out, at, xv - m)],
                            "vector"),
                     K.Declare(s, K.Const(0.0, dtype)),
                     K.Loop(j, K.Const(0), K.Const(width),
                            [K.Assign(s, s + K.call("exp", shifted))]),
                     K.Loop(j, K.Const(0), K.Const(width),
-                           [K.Store(kb.out, base + j, shifted - K.call("log", s))], "vector")]
+                           [K.Store(kb.out, at, shifted - K.call("log", s))], "vector")]
     return [K.Loop(r, K.Const(0), K.Const(rows), body, "parallel")]
 
 
@@ -572,14 +850,30 @@ def conv_rows(kb: KernelBuilder, conv: Node) -> list[K.Stmt]:
     return [K.Loop(nk, K.Const(0), K.Const(n_ * k_), rows, "parallel")]
 
 
+FLOATS = ("float32", "float64")
+#: output dtypes a member's kernel computes exactly where that is more than float: moving
+#: elements, comparing and selecting work on any dtype; integer arithmetic without division
+#: (the kernel IR's integer "/" floors where Div truncates) and the int64 reductions (their
+#: float parts in float64, truncated like the reference's astype) on int64
+OUTPUT_DTYPES: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(("Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose",
+                     "Concat", "Slice", "Expand", "Tile", "Gather", "DepthToSpace",
+                     "SpaceToDepth", "ConstantOfShape", "Cast", "Where", "Equal", "Less",
+                     "Greater", "Not", "ReduceMax", "ReduceMin"),
+                    (*FLOATS, "int64", "bool")),
+    **dict.fromkeys(("Shape", "ArgMax", "ArgMin", "Pad", "Abs", "Neg", "Add", "Sub", "Mul",
+                     "Max", "Min", "Pow", "ReduceSum", "ReduceMean", "ReduceProd",
+                     "ReduceSumSquare", "ReduceL1", "ReduceL2"), (*FLOATS, "int64")),
+}
+
+
 def unsupported_reason(node: Node) -> str | None:
     """None if :func:`lower_node` can lower ``node``, else why not."""
     members = node.attrs["body"].nodes if node.op == "Fused" else [node]
     for m in members:
         if m.op in ROW_KERNELS:
-            rank = m.outputs[0].type.rank
-            if m.attrs["axis"] % rank != rank - 1 or len(members) > 1:
-                return f"{m.op} over an axis other than the last (or fused) has no kernel yet"
+            if len(members) > 1:
+                return f"{m.op} fused with other ops has no kernel yet"
         elif m.opdef.scalar is None and m.op not in LOWERINGS:
             return f"{m.op} has no kernel lowering yet"
         elif m.op == "Pad" and m.attrs["mode"] != "constant":
@@ -590,14 +884,34 @@ def unsupported_reason(node: Node) -> str | None:
         elif m.op == "MatMul" and any(v.type.rank != 2 for v in m.inputs):
             return "only 2-D MatMul has a kernel yet"
         elif m.attrs.get("layout") not in (None, "NCHW"):
-            return f"layout {m.attrs['layout']} has no kernel yet"
-        if any(v.type.dtype.value not in ("float32", "float64") for v in m.outputs):
-            return f"{m.op} on {m.outputs[0].type.dtype} has no kernel yet"
+            why = _layout_problem(node, m, members)
+            if why:
+                return why
+        dtype = m.outputs[0].type.dtype.value
+        if dtype not in OUTPUT_DTYPES.get(m.op, FLOATS):
+            return f"{m.op} on {dtype} has no kernel yet"
     return None
 
 
-def lower_node(node: Node, name: str) -> K.Kernel:
-    """The kernel computing ``node``'s (single) output."""
+def _layout_problem(node: Node, m: Node, members: list[Node]) -> str | None:
+    """Why member ``m`` of ``node`` cannot run in its (non-NCHW) layout, or None."""
+    if not is_blocked(m):
+        return f"layout {m.attrs['layout']} has no kernel yet"
+    if m.op != "Conv":
+        return None   # pools and BatchNormalization index blocked tensors directly
+    if m is not members[0]:
+        return "a blocked Conv must be the first member of its fused group"
+    w = m.inputs[1]
+    if node.op == "Fused":   # the body's input stands for the Fused node's operand
+        body_inputs = [v.name for v in node.attrs["body"].inputs]
+        w = node.inputs[body_inputs.index(w.name)] if w.name in body_inputs else w
+    return blocked_conv_problem(m, w.is_stored)
+
+
+def lower_node(node: Node, name: str, data: Mapping[str, np.ndarray] | None = None
+               ) -> K.Kernel:
+    """The kernel computing ``node``'s (single) output; ``data`` holds the graph's stored
+    arrays (weights), which schedules may repack at compile time."""
     if len(node.outputs) != 1:
         raise UnsupportedError(f"node '{node.name}' ({node.op}) has several outputs")
-    return KernelBuilder(node, name).build()
+    return KernelBuilder(node, name, data).build()

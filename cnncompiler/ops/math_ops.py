@@ -84,6 +84,54 @@ def _nonzero(v: float) -> str | None:
     return None if v != 0 else "must be non-zero"
 
 
+# ------------------------------------------------------- scalar (kernel IR) forms of them
+# The kernel IR has exp and log but not expm1/log1p; e^x - 1 and log(1 + y) lose most digits
+# of a small result in float32 (the references use numpy's expm1/log1p). The ops built on
+# them therefore evaluate in float64 with a short Taylor polynomial near 0, and round once.
+def _in_f64(fn: Callable[..., K.Expr]) -> Callable[..., K.Expr]:
+    """``fn(x, **attrs)`` evaluated in float64 and rounded back to ``x``'s type."""
+    def wrapped(x: K.Expr, **attrs: Any) -> K.Expr:
+        if x.dtype == "f64":
+            return fn(x, **attrs)
+        return K.Cast(fn(K.Cast(x, "f64"), **attrs), x.dtype)
+    return wrapped
+
+
+def _k_expm1(x: K.Expr) -> K.Expr:
+    """e^x - 1 of a float64 ``x`` (relative error < 1e-10)."""
+    small = K.call("abs", x).lt(1e-5)
+    return K.select(small, x + x * x * (0.5 + x / 6.0), K.call("exp", x) - 1.0)
+
+
+def _k_log1p(y: K.Expr) -> K.Expr:
+    """log(1 + y) of a float64 ``y`` >= 0 (relative error < 1e-10)."""
+    return K.select(y.lt(1e-5), y - y * y * (0.5 - y / 3.0), K.call("log", y + 1.0))
+
+
+def _k_softplus(x: K.Expr) -> K.Expr:
+    """log(1 + e^x) as numpy's logaddexp(0, x): max(x, 0) + log1p(e^-|x|) (float64)."""
+    return K.select(x.lt(0.0), 0.0, x) + _k_log1p(K.call("exp", -K.call("abs", x)))
+
+
+def _k_stable_sigmoid(z: K.Expr) -> K.Expr:
+    """1 / (1 + e^-z) split by sign like the reference, so e^ never overflows."""
+    e = K.call("exp", -K.call("abs", z))
+    return K.select(z.ge(0.0), 1.0 / (e + 1.0), e / (e + 1.0))
+
+
+def _k_gelu(x: K.Expr, approximate: str) -> K.Expr:
+    """Float64: 1 + erf(x/sqrt 2) cancels for negative x."""
+    if approximate == "tanh":
+        inner = (x + x * x * x * 0.044715) * _SQRT_2_OVER_PI
+        return x * 0.5 * (K.call("tanh", inner) + 1.0)
+    return x * 0.5 * (K.call("erf", x * (1.0 / math.sqrt(2.0))) + 1.0)
+
+
+def _k_celu(x: K.Expr, alpha: float) -> K.Expr:
+    """max(0, x) + min(0, alpha expm1(x / alpha)): x itself unless x < 0 (NaN stays NaN)."""
+    return K.select(x.lt(0.0), K.minimum(_k_expm1(x / alpha) * alpha, 0.0), x)
+
+
 EXP = unary("Exp", "e^x", _keep_dtype(np.exp), 4,
             scalar=lambda x: K.call("exp", x))
 LOG = unary("Log", "natural logarithm (-inf at 0, nan below)", _keep_dtype(np.log), 4,
@@ -92,31 +140,42 @@ SQRT = unary("Sqrt", "square root (nan below 0)", _keep_dtype(np.sqrt), 4,
              scalar=lambda x: K.call("sqrt", x))
 RECIPROCAL = unary("Reciprocal", "1 / x", _keep_dtype(np.reciprocal), 1,
                    scalar=lambda x: 1.0 / x)
-FLOOR = unary("Floor", "largest integer <= x", _keep_dtype(np.floor), 1)
-CEIL = unary("Ceil", "smallest integer >= x", _keep_dtype(np.ceil), 1)
+FLOOR = unary("Floor", "largest integer <= x", _keep_dtype(np.floor), 1,
+              scalar=lambda x: K.call("floor", x))
+CEIL = unary("Ceil", "smallest integer >= x", _keep_dtype(np.ceil), 1,
+             scalar=lambda x: K.call("ceil", x))
 ERF = unary("Erf", "the error function 2/sqrt(pi) * integral_0^x e^(-t^2) dt",
-            _keep_dtype(_erf), 8)
+            _keep_dtype(_erf), 8, scalar=lambda x: K.call("erf", x))
 GELU = unary("Gelu", "0.5 x (1 + erf(x / sqrt 2)); approximate='tanh' uses "
              "0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))", _keep_dtype(_gelu), 10,
              (Attr("approximate", "str", "none", "'none' (exact, erf) or 'tanh'",
-                   choices=("none", "tanh")),))
-SOFTPLUS = unary("Softplus", "log(1 + e^x)", _keep_dtype(_softplus), 4)
-SOFTSIGN = unary("Softsign", "x / (1 + |x|)", _keep_dtype(lambda x: x / (1 + np.abs(x))), 3)
+                   choices=("none", "tanh")),), scalar=_in_f64(_k_gelu))
+SOFTPLUS = unary("Softplus", "log(1 + e^x)", _keep_dtype(_softplus), 4,
+                 scalar=_in_f64(_k_softplus))
+SOFTSIGN = unary("Softsign", "x / (1 + |x|)", _keep_dtype(lambda x: x / (1 + np.abs(x))), 3,
+                 scalar=lambda x: x / (K.call("abs", x) + 1.0))
 ELU = unary("Elu", "x if x >= 0 else alpha (e^x - 1)", _keep_dtype(_elu), 4,
-            (Attr("alpha", "float", 1.0, "scale of the negative branch"),))
+            (Attr("alpha", "float", 1.0, "scale of the negative branch"),),
+            scalar=_in_f64(lambda x, alpha: K.select(x.lt(0.0), _k_expm1(x) * alpha, x)))
 SELU = unary("Selu", "gamma * (x if x > 0 else alpha (e^x - 1))", _keep_dtype(_selu), 5,
              (Attr("alpha", "float", 1.67326319217681884765625),
-              Attr("gamma", "float", 1.05070102214813232421875)))
+              Attr("gamma", "float", 1.05070102214813232421875)),
+             scalar=_in_f64(lambda x, alpha, gamma:
+                            K.select(x.gt(0.0), x, _k_expm1(x) * alpha) * gamma))
 CELU = unary("Celu", "max(0, x) + min(0, alpha (e^(x/alpha) - 1))", _keep_dtype(_celu), 6,
-             (Attr("alpha", "float", 1.0, "scale (non-zero)", check=_nonzero),))
+             (Attr("alpha", "float", 1.0, "scale (non-zero)", check=_nonzero),),
+             scalar=_in_f64(_k_celu))
 THRESHOLDED_RELU = unary("ThresholdedRelu", "x if x > alpha else 0",
                          _keep_dtype(lambda x, alpha: np.where(x > alpha, x, 0)), 1,
-                         (Attr("alpha", "float", 1.0, "the threshold"),))
+                         (Attr("alpha", "float", 1.0, "the threshold"),),
+                         scalar=lambda x, alpha: K.select(x.gt(alpha), x, 0.0))
 MISH = unary("Mish", "x tanh(log(1 + e^x))",
-             _keep_dtype(lambda x: x * np.tanh(_softplus(x))), 8)
+             _keep_dtype(lambda x: x * np.tanh(_softplus(x))), 8,
+             scalar=_in_f64(lambda x: x * K.call("tanh", _k_softplus(x))))
 SWISH = unary("Swish", "x sigmoid(alpha x) (SiLU for alpha = 1)",
               _keep_dtype(lambda x, alpha: x * _sigmoid(alpha * x)), 5,
-              (Attr("alpha", "float", 1.0, "scale inside the sigmoid"),))
+              (Attr("alpha", "float", 1.0, "scale inside the sigmoid"),),
+              scalar=lambda x, alpha: x * _k_stable_sigmoid(x * alpha))
 
 
 # ---------------------------------------------------------------------- other unary ops
@@ -129,17 +188,22 @@ def _not_infer(ctx: InferContext) -> TensorType:
 
 
 def _register_unary(name: str, doc: str, fn: Callable[[np.ndarray], np.ndarray],
-                    infer: Callable[[InferContext], TensorType]) -> OpDef:
+                    infer: Callable[[InferContext], TensorType],
+                    scalar: Callable[[K.Expr], K.Expr]) -> OpDef:
     return register(OpDef(
         name=name, doc=doc, inputs=(Input("X"),), attrs=(), infer=infer,
         reference=lambda inputs, attrs: fn(inputs[0]),
         flops=elementwise_flops(1), fusion=FusionKind.ELEMENTWISE,
+        scalar=lambda xs, attrs: scalar(xs[0]),
     ))
 
 
-ABS = _register_unary("Abs", "|x| (float or int64)", np.abs, _numeric_unary_infer)
-NEG = _register_unary("Neg", "-x (float or int64)", np.negative, _numeric_unary_infer)
-NOT = _register_unary("Not", "logical not of a bool tensor", np.logical_not, _not_infer)
+ABS = _register_unary("Abs", "|x| (float or int64)", np.abs, _numeric_unary_infer,
+                      lambda x: K.call("abs", x))
+NEG = _register_unary("Neg", "-x (float or int64)", np.negative, _numeric_unary_infer,
+                      lambda x: -x)
+NOT = _register_unary("Not", "logical not of a bool tensor", np.logical_not, _not_infer,
+                      lambda x: x.eq(False))
 
 
 # ---------------------------------------------------------------------------- binary ops
@@ -156,6 +220,16 @@ def _pow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.power(a, b).astype(a.dtype, copy=False)
 
 
+def _k_pow(a: K.Expr, b: K.Expr) -> K.Expr:
+    """A ** B in numpy's promoted type: float32 only when both are float32, else float64;
+    rounded (float) or truncated toward zero (int64) to A's type, as the reference does."""
+    if a.dtype == b.dtype == "f32":
+        return K.call("pow", a, b)
+    wide = [x if x.dtype == "f64" else K.Cast(x, "f64") for x in (a, b)]
+    result = K.call("pow", *wide)
+    return result if a.dtype == "f64" else K.Cast(result, a.dtype)
+
+
 def _compare_infer(allowed: tuple[DType, ...]) -> Callable[[InferContext], TensorType]:
     def infer(ctx: InferContext) -> TensorType:
         a, b = require_dtype(ctx, 0, allowed), require_dtype(ctx, 1, allowed)
@@ -165,13 +239,13 @@ def _compare_infer(allowed: tuple[DType, ...]) -> Callable[[InferContext], Tenso
 
 
 POW = binary("Pow", "A ** B with numpy broadcasting; the result has A's dtype (B may differ)",
-             _pow, infer=_pow_infer, flops_per_element=4)
+             _pow, infer=_pow_infer, flops_per_element=4, scalar=_k_pow)
 EQUAL = binary("Equal", "A == B (bool result) with numpy broadcasting", np.equal,
-               infer=_compare_infer(NUMERIC + (DType.bool,)))
+               infer=_compare_infer(NUMERIC + (DType.bool,)), scalar=lambda a, b: a.eq(b))
 LESS = binary("Less", "A < B (bool result) with numpy broadcasting", np.less,
-              infer=_compare_infer(NUMERIC))
+              infer=_compare_infer(NUMERIC), scalar=lambda a, b: a.lt(b))
 GREATER = binary("Greater", "A > B (bool result) with numpy broadcasting", np.greater,
-                 infer=_compare_infer(NUMERIC))
+                 infer=_compare_infer(NUMERIC), scalar=lambda a, b: a.gt(b))
 
 
 # ----------------------------------------------------------------------- variadic ops
@@ -248,4 +322,5 @@ WHERE = register(OpDef(
     inputs=(Input("condition"), Input("X"), Input("Y")), attrs=(), infer=_where_infer,
     reference=lambda inputs, attrs: np.where(inputs[0], inputs[1], inputs[2]),
     flops=elementwise_flops(1), fusion=FusionKind.BROADCAST,
+    scalar=lambda xs, attrs: K.select(xs[0], xs[1], xs[2]),
 ))

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from cnncompiler.ir.types import Dim, DType, TensorType
+from cnncompiler.kernel import ir as K
 from cnncompiler.ops.broadcast import broadcast_shapes
 from cnncompiler.ops.opdef import Attr, FusionKind, InferContext, Input, OpDef
 from cnncompiler.ops.registry import register
@@ -302,6 +303,14 @@ TILE = register(OpDef(
 
 
 # ------------------------------------------------------------------------------------ Cast
+def _cast_scalar(xs: list, attrs: dict[str, Any]):
+    """The kernel IR's Cast converts like the reference: float -> int64 truncates, -> bool is
+    != 0 (NaN is true)."""
+    from cnncompiler.kernel.lower import DTYPES  # lazily: lower imports the graph IR
+
+    return K.Cast(xs[0], DTYPES[attrs["to"]])
+
+
 def _cast_reference(inputs: list[np.ndarray | None], attrs: dict[str, Any]) -> np.ndarray:
     # float -> int64 truncates toward zero (C semantics), anything -> bool is "!= 0"
     return inputs[0].astype(DType(attrs["to"]).numpy)
@@ -315,6 +324,7 @@ CAST = register(OpDef(
     infer=lambda ctx: ctx.input(0).with_dtype(ctx["to"]),
     reference=_cast_reference,
     fusion=FusionKind.ELEMENTWISE,
+    scalar=_cast_scalar,
 ))
 
 
