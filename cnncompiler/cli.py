@@ -113,6 +113,11 @@ def summary(model: str, batch: int, as_json: bool, with_plan: bool,
             click.echo(plan.describe())
 
 
+_THREADS_OPTION = click.option(
+    "--threads", type=click.IntRange(min=1), default=None,
+    help="threads the compiled code runs on (llvm; default 1)")
+
+
 @main.command("compile")
 @click.argument("model")
 @click.option("--backend", default="reference", show_default=True)
@@ -127,10 +132,12 @@ def summary(model: str, batch: int, as_json: bool, with_plan: bool,
 @click.option("-o", "--output", "lib_path", type=click.Path(dir_okay=False),
               help="AOT: write a shared library + C header + weights file (llvm)")
 @click.option("--no-cache", is_flag=True, help="don't read or write the compile cache")
+@_THREADS_OPTION
 @_SHAPE_OPTION
 def compile_command(model: str, backend: str, opt_level: int, disabled: tuple[str, ...],
                     explain: bool, dump: str | None, dot_path: str | None, batch: int | None,
-                    lib_path: str | None, no_cache: bool, shapes: tuple[str, ...]) -> None:
+                    lib_path: str | None, no_cache: bool, threads: int | None,
+                    shapes: tuple[str, ...]) -> None:
     """Compile MODEL through the pass pipeline for a backend."""
     import cnncompiler
 
@@ -142,6 +149,8 @@ def compile_command(model: str, backend: str, opt_level: int, disabled: tuple[st
         keep.append(pass_name)
     graph = _load(model, with_weights=True, batch=batch, input_shapes=_parse_shapes(shapes))
     options = {"cache": False} if no_cache else {}
+    if threads is not None:
+        options["threads"] = threads
     cm = cnncompiler.compile(graph, backend=backend, opt_level=opt_level,
                              disable_passes=disabled, keep_snapshots=keep, **options)
     chosen = cm.graph
@@ -198,16 +207,18 @@ def _parse_inputs(items: tuple[str, ...]) -> dict[str, np.ndarray]:
               help="save every output to this .npz file, keyed by output name")
 @click.option("--profile", "with_profile", is_flag=True,
               help="per-kernel time, GFLOP/s and % of FMA peak (llvm)")
+@_THREADS_OPTION
 @_SHAPE_OPTION
 def run(model: str, backend: str, seed: int, batch: int, inputs: tuple[str, ...],
         top: int, output_path: str | None, shapes: tuple[str, ...],
-        with_profile: bool) -> None:
+        with_profile: bool, threads: int | None) -> None:
     """Compile MODEL (built-in name or .onnx) and run it on a random (or given) input."""
     import cnncompiler
 
     graph = _load(model, with_weights=True, batch=batch, seed=seed,
                   input_shapes=_parse_shapes(shapes))
-    cm = cnncompiler.compile(graph, backend=backend)
+    cm = cnncompiler.compile(graph, backend=backend,
+                             **({} if threads is None else {"threads": threads}))
     feeds = _parse_inputs(inputs)
     rng = np.random.default_rng(seed)
     for v in graph.inputs:

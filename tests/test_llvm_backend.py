@@ -201,6 +201,24 @@ def test_compile_cache_hit_miss_and_corruption(tmp_path):
     assert cnncompiler.compile(g, backend="llvm", cache=False).executable.cache is None
 
 
+def test_compile_cache_keys_code_not_weights(tmp_path):
+    """The key is the kernel IR: other weights (also repacked ones, passed as arguments)
+    reuse the object code and give their own results; another shape is another entry."""
+    x = rand(1, 16, 6, 6)
+    results = []
+    for seed in (1, 2):
+        g = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU()).to_graph(
+            (1, 16, 6, 6), seed=seed)
+        cm = cnncompiler.compile(g, backend="llvm", cache_dir=str(tmp_path))
+        results.append(cm(x))
+        np.testing.assert_allclose(results[-1], evaluate(g, {"x": x})[0], rtol=1e-4, atol=1e-5)
+    assert cm.executable.cache.hits == 1
+    assert not np.allclose(results[0], results[1])
+    g = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1)).to_graph((1, 16, 7, 6))
+    cm = cnncompiler.compile(g, backend="llvm", cache_dir=str(tmp_path))
+    assert cm.executable.cache.misses == 1
+
+
 @pytest.mark.parametrize("attrs", [
     {"strides": (2, 2)},
     {"strides": (2, 2), "pads": (1, 1, 1, 1), "output_padding": (1, 1)},

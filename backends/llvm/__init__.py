@@ -1,10 +1,12 @@
 """The LLVM CPU backend: kernel IR rendered to LLVM IR through llvmlite, optimised for the
 host CPU (vectorised, FMA), JIT-compiled, and run as one native call per model.
 
-This is the first increment: every supported node is lowered by the generic lowering in
-:mod:`cnncompiler.kernel.lower` (loop nests the LLVM optimiser vectorises); tuned schedules
-(register-blocked direct conv, Winograd, packed GEMM), threads, AOT export and the compile
-cache come next.
+Pieces: ``schedule`` (the CPU's layout choice: NCHW8c convs), the kernel-IR schedules in
+:mod:`cnncompiler.kernel` (register-blocked direct conv, generic lowering of every other op),
+``render`` (kernel IR -> LLVM IR), ``mathlib`` (vectorisable exp/log/tanh), ``engine`` (the
+JIT), ``executable`` (arena, weights, thread team, profile), ``cache`` (object code on disk),
+``aot`` (shared library export). Options: ``threads`` (default 1), ``cache`` (default True),
+``cache_dir``.
 """
 
 from __future__ import annotations

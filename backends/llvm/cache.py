@@ -1,13 +1,17 @@
 """On-disk compile cache: object code keyed by everything that affects it.
 
-Key = sha256 of the rendered LLVM module text (kernels, shapes, arena offsets, threading),
-the CPU name and features, the optimisation level, and the cnncompiler, llvmlite and LLVM
-versions. An entry stores a magic line, the sha256 of its payload and the payload; a short,
+Key = sha256 of the model's kernel-IR fingerprint (every kernel's loops and expressions,
+shapes, arena offsets, threading: the code, not the weights), a digest of the LLVM backend's
+own sources (so an edited renderer never loads stale objects), the CPU name and features, the
+optimisation level, and the cnncompiler, llvmlite and LLVM versions. Keying by the kernel IR
+rather than by the rendered LLVM text lets a hit skip rendering, the slow part of a compile.
+An entry stores a magic line, the sha256 of its payload and the payload; a short,
 corrupted or foreign entry is deleted and rebuilt, never loaded.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tempfile
@@ -22,6 +26,15 @@ def default_dir() -> Path:
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "cnncompiler"
+
+
+@functools.cache
+def code_digest() -> str:
+    """sha256 of this package's sources: what turns kernel IR into object code."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.read_bytes())
+    return h.hexdigest()
 
 
 def cache_key(module_text: str, *parts: str) -> str:

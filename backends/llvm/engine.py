@@ -15,6 +15,7 @@ import ctypes
 import ctypes.util
 import re
 import threading
+from collections.abc import Sequence
 
 from cnncompiler.errors import BackendUnavailableError, CnnCompilerError
 
@@ -180,21 +181,21 @@ class JitEngine:
             pb.getModulePassManager().run(mod, pb)
         return mod
 
-    def compile_cached(self, module, cache) -> list[str]:
-        """Like :meth:`compile`, through the object code in ``cache`` (a CompileCache):
-        a hit loads the stored object, a miss compiles, stores and loads it."""
+    def compile_cached(self, cache, fingerprint: str, render, names: Sequence[str]) -> None:
+        """Load the object code of a module from ``cache`` (a CompileCache), or build it:
+        ``render()`` makes the llvmlite module (only on a miss), whose code ``fingerprint``
+        fully determines; ``names`` are the functions to look up afterwards."""
         import llvmlite
 
         import cnncompiler
-        from cnncompiler.backends.llvm.cache import cache_key
+        from cnncompiler.backends.llvm.cache import cache_key, code_digest
 
-        names = [f.name for f in module.functions if not f.is_declaration]
-        key = cache_key(str(module), self._cpu, self._features, str(self._opt),
+        key = cache_key(fingerprint, self._cpu, self._features, str(self._opt),
                         cnncompiler.__version__, llvmlite.__version__,
-                        ".".join(map(str, llvm.llvm_version_info)))
+                        ".".join(map(str, llvm.llvm_version_info)), code_digest())
         obj = cache.get(key)
         if obj is None:
-            obj = self.emit_object(module)
+            obj = self.emit_object(render())
             cache.put(key, obj)
         with self._lock:
             clash = [n for n in names if n in self._functions]
@@ -205,7 +206,6 @@ class JitEngine:
             self._ee.finalize_object()
             for n in names:
                 self._functions[n] = self._ee.get_function_address(n)
-        return names
 
     def compile(self, module) -> list[str]:
         """JIT-compile ``module``; returns the names of the functions it defines."""

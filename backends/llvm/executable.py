@@ -5,7 +5,6 @@ offsets inside one arena. Shapes are specialised per batch size (compiled on fir
 from __future__ import annotations
 
 import ctypes
-import os
 import threading
 import time
 import weakref
@@ -14,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cnncompiler.backends.llvm.peak import peak_gflops
 from cnncompiler.errors import UnsupportedError
 from cnncompiler.ir.graph import Graph
 from cnncompiler.ir.specialize import bind_symbols
@@ -22,26 +22,6 @@ from cnncompiler.passes.memory import plan_memory
 from cnncompiler.runtime.backend import Executable
 
 ALIGN = 64
-FMA_UNITS, LANES = 2, 8  # AVX2 + FMA (Zen 3, Haswell and later): 2 FMA pipes x 8 floats
-
-
-def clock_ghz() -> float | None:
-    """The CPU clock the kernel reports (first ``cpu MHz`` in /proc/cpuinfo)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("cpu MHz"):
-                    return float(line.split(":")[1]) / 1000.0
-    except OSError:
-        return None
-    return None
-
-
-def peak_gflops(threads: int = 1) -> float | None:
-    """FMA peak: threads x FMA units x 8 lanes x 2 FLOPs x clock."""
-    ghz = clock_ghz()
-    return None if ghz is None else min(threads, os.cpu_count() or 1) * FMA_UNITS * LANES * 2 \
-        * ghz
 
 
 @dataclass
@@ -58,7 +38,9 @@ class ProfileRow:
 
 @dataclass
 class Profile:
-    """Per-kernel times; ``peak`` is this CPU's FMA peak in GFLOP/s for the threads used."""
+    """Per-kernel times; ``peak`` is this CPU's FMA peak in GFLOP/s for one thread (each
+    kernel is timed alone, on one thread), as measured by :mod:`.peak` (the nominal
+    formula where measuring failed; None when neither is known)."""
 
     rows: list[ProfileRow]
     peak: float | None
@@ -104,31 +86,40 @@ class CompiledGraph:
 
         values = graph.values
         kernels, calls = [], []
-        self.kernel_nodes: list[tuple[str, list[tuple[int, int]], object]] = []
+        # (kernel name, its args, node, which output of the node it computes)
+        self.kernel_nodes: list[tuple[str, list[tuple[int, int]], object, int]] = []
         for i, node in enumerate(graph.nodes):
             out = node.outputs[0]
             if node.opdef.view and self.plan.offsets.get(out.name) == self.plan.offsets.get(
                     node.inputs[0].name):
                 continue  # the output aliases the input buffer: nothing to do
-            kernel = lower_node(node, f"k{i}_{_ident(node.name)}", graph.data)
-            kernels.append(kernel)
-            args = [(weight(name), 0) if values[name].is_stored
-                    else (0, self.plan.offsets[name]) for name in kernel.inputs]
-            args.append((0, self.plan.offsets[out.name]))
-            for array in kernel.tables.values():   # compile-time tables travel like weights
-                self.weights.append(array)
-                args.append((len(self.weights), 0))
-            calls.append((kernel.name, args))
-            self.kernel_nodes.append((kernel.name, args, node))
+            several = len(node.outputs) > 1   # one kernel per output (Split)
+            for k, out in enumerate(node.outputs):
+                kname = f"k{i}_{_ident(node.name)}" + (f"_out{k}" if several else "")
+                kernel = lower_node(node, kname, graph.data, output=k)
+                kernels.append(kernel)
+                args = [(weight(name), 0) if values[name].is_stored
+                        else (0, self.plan.offsets[name]) for name in kernel.inputs]
+                args.append((0, self.plan.offsets[out.name]))
+                for array in kernel.tables.values():   # compile-time tables travel like weights
+                    self.weights.append(array)
+                    args.append((len(self.weights), 0))
+                calls.append((kernel.name, args))
+                self.kernel_nodes.append((kernel.name, args, node, k))
         self.kernels, self.calls = kernels, calls   # kept for AOT export
         threaded = threads > 1
-        module = render_module(kernels, _ident(graph.name), threaded=threaded)
-        add_entry(module, "run_model", calls, 1 + len(self.weights), threaded=threaded)
+
+        def render():
+            module = render_module(kernels, _ident(graph.name), threaded=threaded)
+            add_entry(module, "run_model", calls, 1 + len(self.weights), threaded=threaded)
+            return module
+
         self.engine = engine_factory()
         if cache is not None:
-            self.engine.compile_cached(module, cache)
+            self.engine.compile_cached(cache, fingerprint(kernels, calls, threaded, graph.name),
+                                       render, [k.name for k in kernels] + ["run_model"])
         else:
-            self.engine.compile(module)
+            self.engine.compile(render())
         if threaded:
             self._team = ThreadTeam(self.engine.address("run_model"), threads)
         else:
@@ -149,7 +140,7 @@ class CompiledGraph:
 
         self._feed(inputs)
         kernels = []
-        for name, args, node in self.kernel_nodes:
+        for name, args, node, k in self.kernel_nodes:
             pointers = [self._args[arg] + offset for arg, offset in args]
             if self.threads > 1:   # threaded kernels take (tid, nthreads): time them alone
                 fn = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * len(pointers), ctypes.c_int64,
@@ -157,16 +148,15 @@ class CompiledGraph:
                 pointers = [*pointers, 0, 1]
             else:
                 fn = self.engine.function(name, len(pointers))
-            kernels.append((fn, pointers, node))
+            kernels.append((fn, pointers, node, k))
         best = [float("inf")] * len(kernels)
         for _ in range(repeats):
-            for i, (fn, pointers, _) in enumerate(kernels):
+            for i, (fn, pointers, _, _) in enumerate(kernels):
                 start = time.perf_counter()
                 fn(*pointers)
                 best[i] = min(best[i], time.perf_counter() - start)
-        rows = [ProfileRow(node.name, node.attrs.get("kind", node.op), t,
-                           node_cost(node, batch=1).flops)
-                for (_, _, node), t in zip(kernels, best)]
+        rows = [_row(node, k, t, node_cost(node, batch=1).flops)
+                for (_, _, node, k), t in zip(kernels, best)]
         return Profile(rows, peak_gflops(threads=1))
 
     def _view(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -182,6 +172,29 @@ class CompiledGraph:
             self._entry(self._args)
         return [self._view(v.name, v.type.shape, v.type.dtype.numpy).copy()
                 for v in self.graph.outputs]
+
+
+def fingerprint(kernels, calls, threaded: bool, name: str) -> str:
+    """Everything the generated code depends on, as text: each kernel's buffers and loop
+    nest (not its tables' values, which travel as arguments), the entry's calls and
+    threading. Equal fingerprints render to the same object code."""
+    from cnncompiler.backends.llvm.render import deep_recursion
+
+    with deep_recursion():
+        parts = [repr((k.name, k.buffers, k.body)) for k in kernels]
+    return "\n".join([_ident(name), str(threaded), repr(calls), *parts])
+
+
+def _row(node, k: int, seconds: float, flops: int) -> ProfileRow:
+    """The profile row of the kernel computing output ``k`` of ``node``: a node with several
+    outputs has one row per output (``name[k]``), each with its outputs' share of the FLOPs
+    (by element count)."""
+    kind = node.attrs.get("kind", node.op)
+    if len(node.outputs) == 1:
+        return ProfileRow(node.name, kind, seconds, flops)
+    sizes = [v.type.numel() for v in node.outputs]
+    return ProfileRow(f"{node.name}[{k}]", kind, seconds,
+                      flops * sizes[k] // max(1, sum(sizes)))
 
 
 def _ident(name: str) -> str:

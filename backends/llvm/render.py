@@ -13,6 +13,8 @@ Translation rules (the renderer only translates; schedules are decided upstream)
 * Declared variables (``Declare``) become entry-block allocas that LLVM's SROA/mem2reg
   promotes to registers; loop indices are ``i64`` phis. ``Loop.start``/``Loop.stop`` are
   evaluated once, before the loop.
+* ``Local`` scratch arrays become 32-byte aligned entry-block allocas of ``[N x type]``
+  (per call, so per thread).
 * ``Loop.kind`` "unroll" attaches an ``llvm.loop.unroll.enable`` hint, "rolled" an
   ``llvm.loop.unroll.disable`` one; "vector" is left to
   LLVM's loop vectoriser and its cost model (a forced hint only produces warnings where it
@@ -98,7 +100,7 @@ def _alignment(dtype: str) -> int:
 
 
 @contextlib.contextmanager
-def _deep_recursion(limit: int = 20000) -> Iterator[None]:
+def deep_recursion(limit: int = 20000) -> Iterator[None]:
     """Expression trees are walked recursively; long folded chains need a deeper stack."""
     old = sys.getrecursionlimit()
     if old < limit:
@@ -261,8 +263,23 @@ class _KernelRenderer:
             self.loop(s)
         elif isinstance(s, K.If):
             self.if_(s)
+        elif isinstance(s, K.Local):
+            self.local(s.buffer)
         else:
             raise self.error(f"unsupported statement {type(s).__name__}")
+
+    def local(self, buf: K.Buffer) -> None:
+        """A ``Local`` scratch array: an entry-block alloca, so one per call."""
+        if id(buf) in self.buffers:
+            raise self.error(f"local buffer '{buf.name}' is already defined")
+        if buf.dtype not in K.SCALAR_TYPES:
+            raise self.error(f"local buffer '{buf.name}' has unknown dtype {buf.dtype!r}")
+        ab = self.alloca_builder
+        ab.position_at_start(self.entry)
+        slot = ab.alloca(ir.ArrayType(_memory_type(buf.dtype), buf.size), name=buf.name)
+        slot.align = 32
+        slot.type = ir.PointerType()   # opaque, like the parameters (indexed by element)
+        self.buffers[id(buf)] = slot
 
     def alloca(self, var: K.Var):
         ab = self.alloca_builder
@@ -642,7 +659,7 @@ def render_module(kernels: Sequence[K.Kernel], module_name: str = "cnncompiler",
     module = ir.Module(name=module_name)
     decls = _Declarations(module)
     flags = tuple(fastmath)
-    with _deep_recursion():
+    with deep_recursion():
         for kernel in kernels:
             renderer = _KernelRenderer(module, decls, kernel, flags, noalias, threaded)
             try:

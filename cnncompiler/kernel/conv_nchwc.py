@@ -41,6 +41,8 @@ DENSE_TILE = (2, 6)
 #: columns per depthwise micro-kernel: T accumulators, the T + FW - 1 input vectors a row of
 #: taps shares (LLVM keeps them in registers across taps), one weight vector
 DEPTHWISE_TILE = 6
+#: bytes of a core's L2 cache a kernel may count on keeping (half of Zen 3's 512 KiB)
+L2_BUDGET = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -172,9 +174,13 @@ def conv_nchwc(kb, conv: Node) -> list[K.Stmt]:
     x_cb, x_h, x_w = g.h * g.w * inb, g.w * inb, inb
     w_k = cgb * g.fh * g.fw * inb * L if not g.depthwise else g.fh * g.fw * L
     head: list[K.Stmt] = [
-        K.Declare(n, unit // (groups_of_rows * g.oh)),
-        K.Declare(k0, (unit // g.oh) % groups_of_rows * rows),
-        K.Declare(oh, unit % g.oh)]
+        K.Declare(n, unit // (groups_of_rows * g.oh))]
+    if loop_order(g) == "rows":   # consecutive units: same output row, next channel blocks
+        head += [K.Declare(k0, unit % groups_of_rows * rows),
+                 K.Declare(oh, (unit // groups_of_rows) % g.oh)]
+    else:
+        head += [K.Declare(k0, (unit // g.oh) % groups_of_rows * rows),
+                 K.Declare(oh, unit % g.oh)]
     first_block = k0 if g.depthwise else (k0 * L) // g.kg * cgb   # input block of the group
     x_row = kb.fresh("xrow")     # X at (n, first block, oh*S - P_top, column 0, lane 0)
     head.append(K.Declare(x_row, ((n * cbs + first_block) * g.h + oh * g.sh - g.pt) * x_h))
@@ -274,6 +280,22 @@ def conv_nchwc(kb, conv: Node) -> list[K.Stmt]:
     body = head + row(checks=not (top == 0 and bottom == g.oh))
     body += epilogue(kb, conv, n, k0, oh, rows, g)
     return [K.Loop(unit, K.Const(0), K.Const(g.n * groups_of_rows * g.oh), body, "parallel")]
+
+
+def loop_order(g: BlockedConv) -> str:
+    """Which operand stays in cache: "rows" walks all output channels of a row before the
+    next row (the input rows stay in L1/L2, the weights stream once per row); "channels"
+    walks all rows of a channel group first (its weights stay in L2, the input streams once
+    per group). Pick the smaller estimated traffic beyond L2; the input's stream counts
+    double, as it jumps between channel planes rather than reading straight through.
+    Measured (one core, GFLOP/s rows vs channels): 1x1 1024->256 at 14x14 94 vs 74; 3x3
+    512->512 at 7x7 52 vs 76; 3x3 64->64 at 56x56 and 1x1 64->256 at 56x56 equal."""
+    weights = g.k * g.cg * g.fh * g.fw * 4
+    x = g.c * g.h * g.w * 4
+    rows = weights if weights <= L2_BUDGET else weights * g.oh
+    groups = g.k // (g.lanes * DENSE_TILE[0])
+    channels = x if x <= L2_BUDGET else 2 * x * max(1, groups)
+    return "rows" if rows <= channels else "channels"
 
 
 def column_taps(g: BlockedConv) -> list[list[int]]:

@@ -228,6 +228,15 @@ class If(Stmt):
 
 
 @dataclass(eq=False)
+class Local(Stmt):
+    """A scratch array private to one call of the kernel (so to one thread): ``buffer`` is
+    not a parameter; it is stack memory (32-byte aligned, uninitialised) that statements
+    after this one may load and store."""
+
+    buffer: Buffer
+
+
+@dataclass(eq=False)
 class Kernel:
     """One generated function: ``name(buffers...)`` running ``body``."""
 

@@ -17,6 +17,7 @@ from cnncompiler.ir.graph import Node, Value
 from cnncompiler.ir.layout import parse_layout
 from cnncompiler.kernel import ir as K
 from cnncompiler.kernel.conv_nchwc import blocked_conv_problem, conv_nchwc
+from cnncompiler.kernel.winograd import winograd_nchwc, winograd_problem
 
 DTYPES = {"float32": "f32", "float64": "f64", "int64": "i64", "bool": "i1"}
 Element = tuple[list[K.Stmt], K.Expr]
@@ -33,9 +34,12 @@ def shape_of(v: Value) -> tuple[int, ...]:
 
 
 class KernelBuilder:
-    """Builds the kernel of one node; ``inputs`` are the values it reads from memory."""
+    """Builds the kernel of one output of one node (``output``: its position among the
+    node's outputs; a node with several, like Split, gets one kernel each); ``inputs`` are
+    the values it reads from memory."""
 
-    def __init__(self, node: Node, name: str, data: Mapping[str, np.ndarray] | None = None):
+    def __init__(self, node: Node, name: str, data: Mapping[str, np.ndarray] | None = None,
+                 output: int = 0):
         self.node = node
         self.data = data or {}     # stored values' arrays (weights), for compile-time packing
         self.dropped: set[str] = set()
@@ -45,12 +49,12 @@ class KernelBuilder:
             self.members = list(body.nodes)
             self.outer = dict(zip((v.name for v in body.inputs), node.inputs))
             self.inputs = list(body.inputs)
-            self.output = body.outputs[0]
+            self.output = body.outputs[output]
         else:
             self.members = [node]
             self.inputs = [v for v in node.inputs if v is not None]
             self.outer = {v.name: v for v in self.inputs}
-            self.output = node.outputs[0]
+            self.output = node.outputs[output]
         self.producers = {v.name: n for n in self.members for v in n.outputs}
         self.buffers: dict[str, K.Buffer] = {}
         for i, v in enumerate(self.inputs):
@@ -83,6 +87,9 @@ class KernelBuilder:
         first = self.members[0]
         if len(self.members) == 1 and anchor.op in ROW_KERNELS:
             body = ROW_KERNELS[anchor.op](self, anchor)
+        elif (first.op == "Conv" and first.inputs[0].name in self.buffers
+              and winograd_problem(first, self.data_of(first.inputs[1]) is not None) is None):
+            body = winograd_nchwc(self, first)
         elif (first.op == "Conv" and first.inputs[0].name in self.buffers
               and blocked_conv_problem(first, self.data_of(first.inputs[1]) is not None)
               is None):
@@ -135,6 +142,13 @@ class KernelBuilder:
                 stmts += s
                 args.append(e)
             return stmts, opdef.scalar(args, node.attrs)
+        lower_one = MULTI_OUTPUT_LOWERINGS.get(node.op)
+        if lower_one is not None:   # which output is wanted matters: e.g. Split's k-th part
+            k = [u.name for u in node.outputs].index(v.name)
+            return lower_one(self, node, k, idx)
+        if len(node.outputs) > 1:
+            raise UnsupportedError(f"node '{node.name}' ({node.op}) has no kernel lowering "
+                                   "for several outputs")
         lower = LOWERINGS.get(node.op)
         if lower is None:
             raise UnsupportedError(f"node '{node.name}' ({node.op}) has no kernel lowering")
@@ -278,17 +292,35 @@ def lower_global_pool(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Eleme
     return [K.Declare(acc, init), loop], result
 
 
+def matmul_operand_index(a_shape: tuple[int, ...], b_shape: tuple[int, ...],
+                         idx: list[K.Expr], k: K.Expr) -> tuple[list[K.Expr], list[K.Expr]]:
+    """Where numpy's ``matmul`` reads A and B for output index ``idx`` and depth ``k``: a
+    1-D A is a row ([K]: no M axis in the output), a 1-D B a column (no N axis); the
+    batch axes (all but the last two) broadcast."""
+    rest = list(idx)
+    col = rest.pop() if len(b_shape) > 1 else None
+    row = rest.pop() if len(a_shape) > 1 else None
+    a_idx = [*broadcast_index(a_shape[:-2], rest), row, k] if row is not None else [k]
+    b_idx = [*broadcast_index(b_shape[:-2], rest), k, col] if col is not None else [k]
+    return a_idx, b_idx
+
+
 def lower_gemm(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
+    """Gemm (2-D, optional transposes, alpha, beta*C) and MatMul (numpy ``matmul``: any
+    rank, batch axes broadcast): one dot product over the depth per output element."""
     a, b = node.inputs[0], node.inputs[1]
-    at = node.op == "Gemm" and node.attrs["transA"]
-    bt = node.op == "Gemm" and node.attrs["transB"]
-    if node.op == "MatMul" and (len(shape_of(a)) != 2 or len(shape_of(b)) != 2):
-        raise UnsupportedError(f"node '{node.name}' (MatMul): only 2-D MatMul has a kernel")
-    depth = shape_of(a)[0 if at else 1]
     dtype = kdtype(node.outputs[0])
     k = kb.fresh("k")
-    sa, av = kb.load(a, [k, idx[0]] if at else [idx[0], k])
-    sb, bv = kb.load(b, [idx[1], k] if bt else [k, idx[1]])
+    if node.op == "MatMul":
+        depth = shape_of(a)[-1]
+        a_idx, b_idx = matmul_operand_index(shape_of(a), shape_of(b), idx, k)
+    else:
+        at, bt = node.attrs["transA"], node.attrs["transB"]
+        depth = shape_of(a)[0 if at else 1]
+        a_idx = [k, idx[0]] if at else [idx[0], k]
+        b_idx = [idx[1], k] if bt else [k, idx[1]]
+    sa, av = kb.load(a, a_idx)
+    sb, bv = kb.load(b, b_idx)
     acc = kb.fresh("acc", dtype)
     stmts: list[K.Stmt] = [K.Declare(acc, K.Const(0.0, dtype)),
                            K.Loop(k, K.Const(0), K.Const(depth), sa + sb +
@@ -379,7 +411,11 @@ def lower_lrn(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
                   sx + [K.Assign(acc, acc + K.select(in_range(ch, xs[1]), xv * xv, 0.0))],
                   "unroll")
     sc, center = kb.load(x, idx)
-    denom = K.call("pow", acc * (a["alpha"] / size) + a["bias"], K.Const(a["beta"], dtype))
+    base = acc * (a["alpha"] / size) + a["bias"]
+    if a["bias"] > 0:   # base > 0: pow as exp(beta log base), which vectorises
+        denom = K.call("exp", K.call("log", base) * a["beta"])
+    else:
+        denom = K.call("pow", base, K.Const(a["beta"], dtype))
     return [K.Declare(acc, K.Const(0.0, dtype)), loop] + sc, center / denom
 
 
@@ -486,6 +522,18 @@ def lower_slice(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
         first, _, _ = slice_range(start, end, step, xs[axis])
         e = idx[axis] * step if step != 1 else idx[axis]
         local[axis] = e + first if first else e
+    return kb.element(x, local)
+
+
+def lower_split(kb: KernelBuilder, node: Node, k: int, idx: list[K.Expr]) -> Element:
+    """Output ``k`` of Split is the input's slice along the axis that starts after the
+    earlier outputs."""
+    x = node.inputs[0]
+    axis = node.attrs["axis"] % len(shape_of(x))
+    offset = sum(shape_of(node.outputs[j])[axis] for j in range(k))
+    local = list(idx)
+    if offset:
+        local[axis] = idx[axis] + offset
     return kb.element(x, local)
 
 
@@ -719,6 +767,10 @@ LOWERINGS: dict[str, Callable[[KernelBuilder, Node, list[K.Expr]], Element]] = {
                      "ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceLogSum"), lower_reduce),
 }
 
+#: ops with several outputs: ``lowering(kb, node, k, idx)`` is output ``k`` at ``idx``
+MULTI_OUTPUT_LOWERINGS: dict[str, Callable[[KernelBuilder, Node, int, list[K.Expr]],
+                                           Element]] = {"Split": lower_split}
+
 
 def softmax_rows(kb: KernelBuilder, node: Node) -> list[K.Stmt]:
     """Softmax/LogSoftmax along ``axis``: per row (a position of the other axes) the max, the
@@ -857,7 +909,7 @@ FLOATS = ("float32", "float64")
 #: float parts in float64, truncated like the reference's astype) on int64
 OUTPUT_DTYPES: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose",
-                     "Concat", "Slice", "Expand", "Tile", "Gather", "DepthToSpace",
+                     "Concat", "Split", "Slice", "Expand", "Tile", "Gather", "DepthToSpace",
                      "SpaceToDepth", "ConstantOfShape", "Cast", "Where", "Equal", "Less",
                      "Greater", "Not", "ReduceMax", "ReduceMin"),
                     (*FLOATS, "int64", "bool")),
@@ -874,22 +926,24 @@ def unsupported_reason(node: Node) -> str | None:
         if m.op in ROW_KERNELS:
             if len(members) > 1:
                 return f"{m.op} fused with other ops has no kernel yet"
-        elif m.opdef.scalar is None and m.op not in LOWERINGS:
+        elif len(m.outputs) > 1 and m.op not in MULTI_OUTPUT_LOWERINGS:
+            return f"{m.op} with several outputs has no kernel lowering yet"
+        elif (m.opdef.scalar is None and m.op not in LOWERINGS
+              and m.op not in MULTI_OUTPUT_LOWERINGS):
             return f"{m.op} has no kernel lowering yet"
         elif m.op == "Pad" and m.attrs["mode"] != "constant":
             return f"Pad mode {m.attrs['mode']!r} has no kernel yet"
         elif m.op == "Resize" and (m.attrs["coordinate_transformation_mode"]
                                    == "half_pixel_symmetric"):
             return "Resize with half_pixel_symmetric has no kernel yet"
-        elif m.op == "MatMul" and any(v.type.rank != 2 for v in m.inputs):
-            return "only 2-D MatMul has a kernel yet"
         elif m.attrs.get("layout") not in (None, "NCHW"):
             why = _layout_problem(node, m, members)
             if why:
                 return why
-        dtype = m.outputs[0].type.dtype.value
-        if dtype not in OUTPUT_DTYPES.get(m.op, FLOATS):
-            return f"{m.op} on {dtype} has no kernel yet"
+        for out in m.outputs:
+            dtype = out.type.dtype.value
+            if dtype not in OUTPUT_DTYPES.get(m.op, FLOATS):
+                return f"{m.op} on {dtype} has no kernel yet"
     return None
 
 
@@ -908,10 +962,12 @@ def _layout_problem(node: Node, m: Node, members: list[Node]) -> str | None:
     return blocked_conv_problem(m, w.is_stored)
 
 
-def lower_node(node: Node, name: str, data: Mapping[str, np.ndarray] | None = None
-               ) -> K.Kernel:
-    """The kernel computing ``node``'s (single) output; ``data`` holds the graph's stored
-    arrays (weights), which schedules may repack at compile time."""
-    if len(node.outputs) != 1:
-        raise UnsupportedError(f"node '{node.name}' ({node.op}) has several outputs")
-    return KernelBuilder(node, name, data).build()
+def lower_node(node: Node, name: str, data: Mapping[str, np.ndarray] | None = None,
+               output: int = 0) -> K.Kernel:
+    """The kernel computing output number ``output`` of ``node`` (a node with several
+    outputs gets one kernel per output); ``data`` holds the graph's stored arrays (weights),
+    which schedules may repack at compile time."""
+    if not 0 <= output < len(node.outputs):
+        raise UnsupportedError(f"node '{node.name}' ({node.op}) has no output {output} "
+                               f"(it has {len(node.outputs)})")
+    return KernelBuilder(node, name, data, output).build()
