@@ -227,3 +227,18 @@ def test_compile_cache_keys_code_not_weights(tmp_path):
 def test_conv_transpose(attrs):
     check(*one_op("ConvTranspose", (1, 4, 5, 6), rand(4, 3, 3, 3), rand(3), **attrs),
           opt_level=0)
+
+
+@pytest.mark.parametrize("op,attrs", [("MatMul", {}), ("Gemm", {"transB": 0, "alpha": 0.5}),
+                                      ("Gemm", {"transB": 1})])
+def test_fc_weights_read_down_columns_are_transposed_once(op, attrs):
+    """A stored B [K, N] read by columns is packed to [N, K] at compile time (the kernel
+    then takes the table, not B); results match the reference on a batch of 3."""
+    w = rand(37, 29) if attrs.get("transB", 0) == 0 else rand(29, 37)
+    g, feeds = one_op(op, (3, 37), w, **attrs)
+    check(g, feeds)
+    cm = cnncompiler.compile(g, backend="llvm")
+    cg = cm.executable.for_shapes([feeds["x"]])
+    packed = any(name.startswith("t") and "bT" in name
+                 for k in cg.kernels for name in k.tables)
+    assert packed == (attrs.get("transB", 0) == 0)

@@ -320,7 +320,9 @@ def lower_gemm(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
         a_idx = [k, idx[0]] if at else [idx[0], k]
         b_idx = [idx[1], k] if bt else [k, idx[1]]
     sa, av = kb.load(a, a_idx)
-    sb, bv = kb.load(b, b_idx)
+    packed = _column_weights(kb, node, b, b_idx)
+    sb, bv = ([], K.Load(packed, b_idx[-1] * depth + k)) if packed is not None else \
+        kb.load(b, b_idx)
     acc = kb.fresh("acc", dtype)
     stmts: list[K.Stmt] = [K.Declare(acc, K.Const(0.0, dtype)),
                            K.Loop(k, K.Const(0), K.Const(depth), sa + sb +
@@ -336,6 +338,20 @@ def lower_gemm(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
             stmts += sc
             result = result + (cv * beta if beta != 1.0 else cv)
     return stmts, result
+
+
+def _column_weights(kb: KernelBuilder, node: Node, b: Value, b_idx: list[K.Expr]
+                    ) -> K.Buffer | None:
+    """A stored 2-D B [K, N] that the dot products read down its columns (MatMul, Gemm with
+    transB=0) is transposed once at compile time, so each output streams one contiguous row
+    of weights (a batch-1 FC layer reads every weight exactly once, in order)."""
+    weights = kb.data_of(b)
+    transposed = node.op == "Gemm" and node.attrs["transB"]
+    if (weights is None or np.ndim(weights) != 2 or transposed or b.name not in kb.buffers
+            or any(b in m.inputs for m in kb.members if m is not node)):
+        return None
+    kb.drop_input(b)
+    return kb.table("bT", np.asarray(weights).T, kdtype(b))
 
 
 def lower_view(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
