@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--backends", default=",".join(BACKENDS))
-    ap.add_argument("--batch", default="1")
+    ap.add_argument("--batch", default="1,8")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)

@@ -229,16 +229,21 @@ def test_conv_transpose(attrs):
           opt_level=0)
 
 
+@pytest.mark.parametrize("batch", [1, 3, 11])
 @pytest.mark.parametrize("op,attrs", [("MatMul", {}), ("Gemm", {"transB": 0, "alpha": 0.5}),
-                                      ("Gemm", {"transB": 1})])
-def test_fc_weights_read_down_columns_are_transposed_once(op, attrs):
-    """A stored B [K, N] read by columns is packed to [N, K] at compile time (the kernel
-    then takes the table, not B); results match the reference on a batch of 3."""
-    w = rand(37, 29) if attrs.get("transB", 0) == 0 else rand(29, 37)
-    g, feeds = one_op(op, (3, 37), w, **attrs)
+                                      ("Gemm", {"transB": 1, "beta": 2.0})])
+def test_fc_layers_pack_their_weights(op, attrs, batch):
+    """FC weights are packed to Bᵀ [N, K] at compile time where a kernel would read them down
+    their columns (batch 1) or always (a batch of rows: kernel/gemm.py, which reads each
+    weight once per 8 rows; 11 rows = a block of 8 and one of 3, K = 37 = 4 vectors + 5);
+    the kernel then takes the table, not B. A fused bias and ReLU ride along."""
+    b = GraphBuilder("fc")
+    x = b.input("x", (batch, 37))
+    w = b.param("w", rand(37, 29) if attrs.get("transB", 0) == 0 else rand(29, 37))
+    args = [x, w] + ([b.param("c", rand(29))] if op == "Gemm" else [])
+    g = b.build(b.op("Relu", b.op(op, *args, name="fc", **attrs), name="relu"))
+    feeds = {"x": rand(batch, 37)}
     check(g, feeds)
-    cm = cnncompiler.compile(g, backend="llvm")
-    cg = cm.executable.for_shapes([feeds["x"]])
-    packed = any(name.startswith("t") and "bT" in name
-                 for k in cg.kernels for name in k.tables)
-    assert packed == (attrs.get("transB", 0) == 0)
+    cg = cnncompiler.compile(g, backend="llvm").executable.for_shapes([feeds["x"]])
+    packed = any("bT" in name for k in cg.kernels for name in k.tables)
+    assert packed == (batch > 1 or attrs.get("transB", 0) == 0)

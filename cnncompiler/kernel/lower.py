@@ -17,6 +17,7 @@ from cnncompiler.ir.graph import Node, Value
 from cnncompiler.ir.layout import parse_layout
 from cnncompiler.kernel import ir as K
 from cnncompiler.kernel.conv_nchwc import blocked_conv_problem, conv_nchwc
+from cnncompiler.kernel.gemm import gemm_problem, gemm_rows
 from cnncompiler.kernel.winograd import winograd_nchwc, winograd_problem
 
 DTYPES = {"float32": "f32", "float64": "f64", "int64": "i64", "bool": "i1"}
@@ -64,6 +65,14 @@ class KernelBuilder:
         self.names = K.Names()
         self.tables: dict[str, tuple[K.Buffer, object]] = {}
 
+    def takes_gemm_rows(self, node: Node) -> bool:
+        """Does the batched-FC schedule compute ``node`` (the group's first member)?"""
+        a, b = node.inputs[0], node.inputs[1]
+        return (a.name in self.buffers and b.name in self.buffers
+                and gemm_problem(node, self.data_of(b)) is None
+                and shape_of(self.output) == shape_of(node.outputs[0])
+                and not any(b in m.inputs for m in self.members[1:]))
+
     def data_of(self, v: Value) -> np.ndarray | None:
         """The array of a stored input (a weight), or None if ``v`` is computed at run time."""
         outer = self.outer.get(v.name)
@@ -96,6 +105,8 @@ class KernelBuilder:
             body = conv_nchwc(self, first)
         elif first.op == "Conv" and first.inputs[0].name in self.buffers:
             body = conv_rows(self, first)
+        elif first.op in ("Gemm", "MatMul") and self.takes_gemm_rows(first):
+            body = gemm_rows(self, first)
         else:
             shape = shape_of(self.output)
             idx: list[K.Expr] = [self.names.var("i") for _ in shape]
