@@ -141,7 +141,8 @@ def test_profile_reports_every_kernel():
                         nn.Flatten(), nn.Linear(8 * 4 * 4, 5))
     cm = cnncompiler.compile(net, backend="llvm", input_shape=(1, 3, 8, 8))
     prof = cm.profile(rand(1, 3, 8, 8), repeats=2)
-    assert [r.kind for r in prof.rows] == ["Conv+Relu", "MaxPool", "Gemm"]
+    # the stem conv writes NCHW8c, the pool follows; Flatten reads NCHW again
+    assert [r.kind for r in prof.rows] == ["Conv+Relu", "MaxPool", "LayoutTransform", "Gemm"]
     assert all(r.seconds > 0 for r in prof.rows)
     assert prof.rows[0].flops == 2 * 8 * 8 * 8 * 27 + 2 * 8 * 8 * 8  # conv + bias, relu
     text = str(prof)

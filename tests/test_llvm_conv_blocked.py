@@ -68,6 +68,10 @@ def check(graph, threads=1, tol=1e-4):
     ((1, 32, 8, 9), 16, 3, {"group": 2, "pads": (1, 1, 1, 1)}),   # 8 out per group: R = 1
     ((1, 16, 9, 13), 16, 3, {"group": 16, "pads": (1, 1, 1, 1)}),  # depthwise
     ((2, 16, 9, 13), 16, 3, {"group": 16, "strides": (2, 2), "pads": (1, 1, 1, 1)}),
+    # its NCHW -> NCHW8c input re-laying aborted LLVM 22's SLP vectoriser (now off)
+    ((1, 16, 6, 3), 16, 2, {"group": 16}),
+    ((1, 3, 17, 15), 16, 7, {"strides": (2, 2), "pads": (3, 3, 3, 3)}),  # 3-channel stem
+    ((1, 3, 9, 10), 24, 3, {"pads": (1, 1, 1, 1)}),                     # stem, 1 x 12 tiles
 ])
 def test_blocked_conv_geometries(x_shape, k, f, attrs):
     check(conv_graph(x_shape, k, f, **attrs))

@@ -33,8 +33,9 @@ import numpy as np
 
 from cnncompiler.errors import UnsupportedError
 from cnncompiler.ir.graph import Node
-from cnncompiler.ir.layout import parse_layout
+from cnncompiler.ir.layout import Layout
 from cnncompiler.kernel import ir as K
+from cnncompiler.ops.layout_ops import input_layout, node_layout
 
 #: register tile (output-channel blocks, output columns) for dense convs on 16 vector regs
 DENSE_TILE = (2, 6)
@@ -50,7 +51,8 @@ class BlockedConv:
     """Geometry of one Conv node: logical sizes, and how X and Y are stored."""
 
     lanes: int                 # output channels per vector (x of NCHW{x}c)
-    blocked: bool              # X and Y in NCHW{lanes}c (else NCHW: see conv_nchwc)
+    blocked: bool              # Y in NCHW{lanes}c (else NCHW: see conv_nchwc)
+    x_blocked: bool            # X in NCHW{lanes}c (else NCHW: a 3-channel image, say)
     n: int
     c: int                     # input channels
     h: int
@@ -78,26 +80,36 @@ class BlockedConv:
 
     @property
     def depthwise(self) -> bool:
-        return self.blocked and self.group == self.c == self.k
+        return self.x_blocked and self.group == self.c == self.k
 
     @property
     def in_block(self) -> int:  # input channels per block of X (1: NCHW)
-        return self.lanes if self.blocked else 1
+        return self.lanes if self.x_blocked else 1
 
     @classmethod
     def of(cls, conv: Node, lanes: int = 8) -> BlockedConv:
         """``lanes`` is the vector width for an NCHW conv (a blocked one has its own)."""
-        layout = parse_layout(conv.attrs.get("layout"))
-        if layout.name not in ("NCHW", f"NCHW{layout.block}c"):
-            raise UnsupportedError(f"node '{conv.name}' (Conv): no blocked schedule for "
-                                   f"layout {layout}")
+        layout, xlay = node_layout(conv.attrs), input_layout(conv.attrs)
+        problem = _layouts_problem(layout, xlay)
+        if problem:
+            raise UnsupportedError(f"node '{conv.name}' (Conv): {problem}")
         xs, ws, ys = (v.type.shape for v in (conv.inputs[0], conv.inputs[1], conv.outputs[0]))
         a = conv.attrs
         (sh, sw), (pt, pl), (dh, dw) = a["strides"], a["pads"][:2], a["dilations"]
-        lanes = layout.block or lanes
-        c = xs[1] * lanes if layout.block else xs[1]
-        return cls(lanes, bool(layout.block), xs[0], c, xs[2], xs[3], ws[0], ys[2], ys[3],
-                   ws[2], ws[3], sh, sw, pt, pl, dh, dw, a["group"])
+        lanes = layout.block or xlay.block or lanes
+        c = xs[1] * lanes if xlay.block else xs[1]
+        return cls(lanes, bool(layout.block), bool(xlay.block), xs[0], c, xs[2], xs[3], ws[0],
+                   ys[2], ys[3], ws[2], ws[3], sh, sw, pt, pl, dh, dw, a["group"])
+
+
+def _layouts_problem(layout: Layout, xlay: Layout) -> str | None:
+    """X and Y must each be NCHW or NCHW{x}c, with one block size."""
+    for lay in (layout, xlay):
+        if lay.name not in ("NCHW", f"NCHW{lay.block}c"):
+            return f"no register-blocked schedule for layout {lay}"
+    if layout.block and xlay.block and layout.block != xlay.block:
+        return f"X in {xlay} and Y in {layout}: one block size only"
+    return None
 
 
 def channel_problem(c: int, k: int, group: int, lanes: int) -> str | None:
@@ -116,16 +128,18 @@ def channel_problem(c: int, k: int, group: int, lanes: int) -> str | None:
 
 def blocked_conv_problem(conv: Node, weights_known: bool, lanes: int = 8) -> str | None:
     """Why :func:`conv_nchwc` cannot compute ``conv`` (None if it can)."""
-    layout = parse_layout(conv.attrs.get("layout"))
-    if layout.name not in ("NCHW", f"NCHW{layout.block}c"):
-        return f"layout {layout} has no register-blocked schedule"
+    problem = _layouts_problem(node_layout(conv.attrs), input_layout(conv.attrs))
+    if problem:
+        return problem
     if not weights_known:
         return "the weights are computed at run time (blocked convs repack them at compile time)"
     g = BlockedConv.of(conv, lanes)
-    if not g.blocked:   # NCHW in and out: dense convs with whole output blocks
+    if not g.x_blocked:   # NCHW input: dense convs with whole output blocks
         if g.group != 1 or g.k % g.lanes:
             return f"NCHW conv with group {g.group}, {g.k} filters: not {g.lanes}-blockable"
         return None
+    if not g.blocked:
+        return "a blocked input with an NCHW output has no schedule"
     return channel_problem(g.c, g.k, g.group, g.lanes)
 
 
@@ -201,8 +215,16 @@ def conv_nchwc(kb, conv: Node) -> list[K.Stmt]:
         def taps(i: K.Var, cb: K.Expr | None) -> list[K.Stmt]:
             """The FMAs of kernel row ``i``, input channel block ``cb``."""
             body: list[K.Stmt] = []
-            for j in sorted({j for js in taps_of for j in js}):
-                ts = [t for t in range(width) if j in taps_of[t]]
+            columns: list = sorted({j for js in taps_of for j in js})
+            jv = None
+            if inb == 1 and not g.depthwise and len(columns) > 1 and all(
+                    js == list(range(g.fw)) for js in taps_of):
+                # no channel-lane loop to keep neighbouring columns' overlapping loads
+                # apart: the kernel columns become the rolled loop instead
+                jv = kb.fresh("kj")
+                columns = [jv]
+            for j in columns:
+                ts = [t for t in range(width) if jv is not None or j in taps_of[t]]
                 xo, wo = kb.fresh("xo"), kb.fresh("wo")
                 col = j * g.dw * x_w
                 if g.depthwise:
@@ -224,6 +246,8 @@ def conv_nchwc(kb, conv: Node) -> list[K.Stmt]:
                               for r in range(rows)]
                 body += [K.Loop(lane, K.Const(0), K.Const(inb), inner, "rolled")] if inb > 1 \
                     else inner
+            if jv is not None:
+                body = [K.Loop(jv, K.Const(0), K.Const(g.fw), body, "rolled")]
             return body
 
         def kernel_rows(cb: K.Expr | None) -> list[K.Stmt]:

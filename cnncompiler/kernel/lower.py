@@ -963,7 +963,7 @@ def unsupported_reason(node: Node) -> str | None:
         elif m.op == "Resize" and (m.attrs["coordinate_transformation_mode"]
                                    == "half_pixel_symmetric"):
             return "Resize with half_pixel_symmetric has no kernel yet"
-        elif m.attrs.get("layout") not in (None, "NCHW"):
+        elif any(m.attrs.get(attr) not in (None, "NCHW") for attr in ("layout", "x_layout")):
             why = _layout_problem(node, m, members)
             if why:
                 return why
@@ -976,7 +976,7 @@ def unsupported_reason(node: Node) -> str | None:
 
 def _layout_problem(node: Node, m: Node, members: list[Node]) -> str | None:
     """Why member ``m`` of ``node`` cannot run in its (non-NCHW) layout, or None."""
-    if not is_blocked(m):
+    if not is_blocked(m) and m.op != "Conv":
         return f"layout {m.attrs['layout']} has no kernel yet"
     if m.op != "Conv":
         return None   # pools and BatchNormalization index blocked tensors directly

@@ -12,7 +12,13 @@ import math
 import numpy as np
 
 from cnncompiler.ir.types import TensorType
-from cnncompiler.ops.layout_ops import LAYOUT_ATTR, layout_flops, layout_infer, layout_reference
+from cnncompiler.ops.layout_ops import (
+    LAYOUT_ATTR,
+    X_LAYOUT_ATTR,
+    layout_flops,
+    layout_infer,
+    layout_reference,
+)
 from cnncompiler.ops.opdef import Attr, FusionKind, InferContext, Input, OpDef
 from cnncompiler.ops.registry import register
 from cnncompiler.ops.windows import check_2d, pad_nchw, spatial_out, window_attrs, window_views
@@ -103,7 +109,7 @@ CONV = register(OpDef(
     attrs=window_attrs(kernel_required=False, with_dilation=True,
                        rounding_choices=("exact", "floor"))
     + (Attr("group", "int", 1, "number of channel groups", check=lambda g: None if g >= 1
-            else "must be >= 1"), LAYOUT_ATTR),
+            else "must be >= 1"), LAYOUT_ATTR, X_LAYOUT_ATTR),
     infer=layout_infer(_conv_infer),
     reference=layout_reference(_conv_reference),
     flops=layout_flops(_conv_flops),

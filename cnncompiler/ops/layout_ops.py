@@ -28,9 +28,20 @@ LAYOUT_ATTR = Attr("layout", "str", None,
                    "NCHW8c; weights stay logical", check=layout_problem)
 
 
+X_LAYOUT_ATTR = Attr("x_layout", "str", None,
+                     "physical layout of X when it differs from `layout` (Y's): a conv can "
+                     "read a 3-channel NCHW image and write NCHW8c", check=layout_problem)
+
+
 def node_layout(attrs: dict[str, Any]) -> Layout:
-    """The layout an op with a ``layout`` attribute runs in (NCHW when absent)."""
+    """The layout an op with a ``layout`` attribute runs in (NCHW when absent): Y's."""
     return parse_layout(attrs.get("layout"))
+
+
+def input_layout(attrs: dict[str, Any]) -> Layout:
+    """The layout X is read in: ``x_layout`` where the op has one and it is set, else
+    ``layout``."""
+    return parse_layout(attrs.get("x_layout") or attrs.get("layout"))
 
 
 def _logical(ctx: InferContext, lay: Layout, t: TensorType | None, what: str) -> TensorType:
@@ -46,10 +57,10 @@ def layout_infer(infer: Callable[[InferContext], Any]) -> Callable[[InferContext
     """``infer`` of an NCHW op, made to read X and give Y in the node's ``layout``."""
 
     def wrapped(ctx: InferContext) -> Any:
-        lay = node_layout(ctx.attrs)
-        if lay.is_nchw:
+        lay, xlay = node_layout(ctx.attrs), input_layout(ctx.attrs)
+        if lay.is_nchw and xlay.is_nchw:
             return infer(ctx)
-        x = _logical(ctx, lay, ctx.inputs[0] if ctx.inputs else None, "input X")
+        x = _logical(ctx, xlay, ctx.inputs[0] if ctx.inputs else None, "input X")
         out = infer(InferContext(ctx.op, ctx.node, [x, *ctx.inputs[1:]], ctx.attrs,
                                  ctx.num_outputs))
         y = out if isinstance(out, TensorType) else out[0]
@@ -68,10 +79,10 @@ def layout_reference(reference: Callable[[list, dict[str, Any]], Any]
     """``reference`` of an NCHW op, run on X and Y in the node's ``layout`` (exact)."""
 
     def wrapped(inputs: list, attrs: dict[str, Any]) -> Any:
-        lay = node_layout(attrs)
-        if lay.is_nchw:
+        lay, xlay = node_layout(attrs), input_layout(attrs)
+        if lay.is_nchw and xlay.is_nchw:
             return reference(inputs, attrs)
-        y = reference([lay.to_logical(inputs[0]), *inputs[1:]], attrs)
+        y = reference([xlay.to_logical(inputs[0]), *inputs[1:]], attrs)
         return lay.to_physical(np.asarray(y))
 
     wrapped.__doc__ = reference.__doc__
@@ -82,10 +93,10 @@ def layout_flops(flops: Callable[[InferContext], int]) -> Callable[[InferContext
     """``flops`` of an NCHW op, read off logical shapes."""
 
     def wrapped(ctx: InferContext) -> int:
-        lay = node_layout(ctx.attrs)
-        if lay.is_nchw:
+        lay, xlay = node_layout(ctx.attrs), input_layout(ctx.attrs)
+        if lay.is_nchw and xlay.is_nchw:
             return flops(ctx)
-        x = _logical(ctx, lay, ctx.inputs[0] if ctx.inputs else None, "input X")
+        x = _logical(ctx, xlay, ctx.inputs[0] if ctx.inputs else None, "input X")
         y = _logical(ctx, lay, ctx.outputs[0] if ctx.outputs else None, "output Y")
         return flops(InferContext(ctx.op, ctx.node, [x, *ctx.inputs[1:]], ctx.attrs,
                                   ctx.num_outputs, [y, *ctx.outputs[1:]]))

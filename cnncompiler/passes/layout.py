@@ -44,6 +44,7 @@ from cnncompiler.ir.graph import Graph, Node, Value, ValueKind
 from cnncompiler.ir.layout import NCHW, Layout, parse_layout
 from cnncompiler.ir.rewrite import Rewriter
 from cnncompiler.ir.types import TensorType
+from cnncompiler.ops.layout_ops import input_layout
 from cnncompiler.ops.opdef import FusionKind
 from cnncompiler.passes.cleanup import eliminate_dead_code
 from cnncompiler.passes.manager import Pass
@@ -198,7 +199,7 @@ def _reads(node: Node, kind: str, now: Layout) -> Layout | None:
     """The layout ``node`` reads its input X in, for the ops that say so."""
     if node.op == TRANSFORM:
         return parse_layout(node.attrs["src"])
-    return now if kind == "layout_op" else None
+    return input_layout(node.attrs) if kind == "layout_op" else None
 
 
 def _input_layouts(graph: Graph) -> dict[str, Layout]:
@@ -213,7 +214,7 @@ def _input_layouts(graph: Graph) -> dict[str, Layout]:
         if node.op == TRANSFORM:
             lay = parse_layout(node.attrs["src"])
         elif has_layout_attr(node):
-            lay = parse_layout(node.attrs.get("layout"))
+            lay = input_layout(node.attrs)
         else:
             continue
         first = found.setdefault(x.name, (lay, node))
@@ -292,9 +293,10 @@ def assign_layouts(graph: Graph, choose: Choose) -> tuple[Graph, list[str]]:
 
 
 def _inputs(st: _State, node: Node, layout: Layout, orig: Layout, broadcast: bool,
-            act: int | None = None) -> list[Value | None]:
+            act: int | None = None, act_layout: Layout | None = None) -> list[Value | None]:
     """``node``'s new inputs with its activations in ``layout``: every computed input, or
-    only input ``act``; stored operands re-laid from ``orig`` if ``broadcast``."""
+    only input ``act`` (in ``act_layout`` if given); stored operands re-laid from ``orig`` if
+    ``broadcast``."""
     out = []
     for i, v in enumerate(node.inputs):
         if v is None:
@@ -305,7 +307,7 @@ def _inputs(st: _State, node: Node, layout: Layout, orig: Layout, broadcast: boo
             out.append(st.stored(v, orig, layout) if broadcast or act is not None
                        else st.rw.value(v))
         else:
-            out.append(st.get(v, layout))
+            out.append(st.get(v, act_layout or layout if i == act else layout))
     return out
 
 
@@ -327,21 +329,30 @@ def _layout_op(st: _State, node: Node, now: Layout, wanted: dict) -> None:
     if x is not None and not x.is_stored:
         candidates.append(st.native[st.root[x.name]])
     candidates.append(NCHW)
-    layout = NCHW
+    layout, x_layout = NCHW, None
+    split = "x_layout" in node.opdef.attr_names and x is not None and not x.is_stored
     for i, cand in enumerate(candidates):
         problem = cand.problem(out_shape)
         if x is not None and not problem:
             xs = st.logical_type(x).shape if not x.is_stored else \
                 now.broadcast_logical_shape(x.type.shape)
             problem = None if not x.is_stored and st.has(x, cand) else cand.problem(xs)
+            if problem and split:   # Y in cand, X read as its producer gives it
+                layout, x_layout = cand, st.native[st.root[x.name]]
+                break
         if cand.is_nchw or not problem:
             layout = cand
             break
         if i == 0 and pref is not None:
             st.changes.append(f"{node.name} ({node.op}): {cand} does not fit ({problem})")
     attrs = dict(node.attrs, layout=None if layout.is_nchw else layout.name)
-    _emit(st, node, _inputs(st, node, layout, now, False, act=0), attrs, layout, wanted)
-    if not layout.is_nchw:
+    if "x_layout" in node.opdef.attr_names:
+        attrs["x_layout"] = None if x_layout in (None, layout) else x_layout.name
+    _emit(st, node, _inputs(st, node, layout, now, False, act=0, act_layout=x_layout), attrs,
+          layout, wanted)
+    if x_layout not in (None, layout):
+        st.changes.append(f"{node.name} ({node.op}): reads {x_layout}, writes {layout}")
+    elif not layout.is_nchw:
         st.changes.append(f"{node.name} ({node.op}): {layout}")
 
 
@@ -401,7 +412,9 @@ def layout_pass(choose: Choose, name: str = "assign_layouts", min_level: int = 2
 def strip_layouts(graph: Graph) -> Graph:
     """The graph in plain NCHW (no ``layout`` attributes, no LayoutTransforms), computing the
     same; only a graph input or output stored in another layout keeps a conversion."""
-    if not any(n.op == TRANSFORM or (n.attrs.get("layout") is not None and has_layout_attr(n))
+    if not any(n.op == TRANSFORM or ((n.attrs.get("layout") is not None
+                                      or n.attrs.get("x_layout") is not None)
+                                     and has_layout_attr(n))
                for n in graph.nodes):
         return graph
     return assign_layouts(graph, lambda node: "NCHW")[0]
