@@ -55,6 +55,9 @@ def _ensure_llvm() -> None:
         except Exception as exc:  # noqa: BLE001 - any failure means no native backend
             raise BackendUnavailableError(
                 f"LLVM cannot generate code for this machine: {exc}") from exc
+        # loops of 8 (a channel block's lanes) are worth one 8-wide vector: LLVM's default
+        # skips loops shorter than 16, which with the SLP vectoriser off left them scalar
+        llvm.set_option("cnncompiler", "-vectorizer-min-trip-count=8")
         if not llvm.address_of_symbol("expf"):
             libm = ctypes.util.find_library("m")
             if libm:
