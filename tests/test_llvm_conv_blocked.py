@@ -20,6 +20,13 @@ from cnncompiler.kernel.conv_nchwc import tile_runs  # noqa: E402
 RNG = np.random.default_rng(1)
 
 
+@pytest.fixture(autouse=True)
+def direct_convs(monkeypatch):
+    """These tests are about the direct schedule: 3x3 stride-1 convs would otherwise take
+    the Winograd path (tested in test_llvm_winograd.py)."""
+    monkeypatch.setenv("CNNC_WINOGRAD", "0")
+
+
 def rand(*shape):
     return RNG.standard_normal(shape).astype(np.float32)
 
