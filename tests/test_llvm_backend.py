@@ -164,6 +164,26 @@ def test_two_threads_match_one(name):
     assert rel_err(one, evaluate(g, {"x": x})[0]) < 1e-4
 
 
+def test_big_models_compile_in_parallel_parts(monkeypatch, tmp_path):
+    """Above the size threshold the kernels are split into parts, one compiled in a worker
+    process; the result is the same as compiling everything here."""
+    from cnncompiler.backends.llvm import objects
+
+    net = zoo.get("resnet18")
+    x = rand(1, 3, 64, 64)
+    g = net.to_graph((1, 3, 64, 64))
+    monkeypatch.setattr(objects, "PARALLEL_MIN_CHARS", 0)
+    monkeypatch.setenv("CNNC_COMPILE_WORKERS", "1")
+    calls = []
+    real = objects._run_worker
+    monkeypatch.setattr(objects, "_run_worker", lambda job: calls.append(1) or real(job))
+    cm = cnncompiler.compile(g, backend="llvm", cache_dir=str(tmp_path))
+    assert calls and len(list(tmp_path.glob("*.obj"))) == 3   # 2 parts + the entry
+    monkeypatch.setenv("CNNC_COMPILE_WORKERS", "0")
+    alone = cnncompiler.compile(g, backend="llvm", cache=False)
+    np.testing.assert_allclose(cm(x), alone(x), rtol=1e-5, atol=1e-6)
+
+
 def test_bad_thread_count():
     g = nn.Sequential(nn.ReLU()).to_graph((1, 3))
     with pytest.raises(UnsupportedError, match="threads must be a positive int"):
@@ -183,22 +203,23 @@ def test_compile_cache_hit_miss_and_corruption(tmp_path):
 
     cm, cache = build()
     expected = cm(x)
-    assert (cache.hits, cache.misses) == (0, 1)
-    entries = list(tmp_path.glob("*.obj"))
-    assert len(entries) == 1 and entries[0].read_bytes().startswith(MAGIC)
+    assert (cache.hits, cache.misses) == (0, 2)   # the kernels' object and the entry's
+    entries = sorted(tmp_path.glob("*.obj"))
+    assert len(entries) == 2 and all(e.read_bytes().startswith(MAGIC) for e in entries)
     cm, cache = build()
-    assert (cache.hits, cache.misses) == (1, 0)
+    assert (cache.hits, cache.misses) == (2, 0)
     np.testing.assert_array_equal(cm(x), expected)
-    cm, cache = build(threads=2)           # other options, other code: a new entry
-    assert cache.misses == 1 and len(list(tmp_path.glob("*.obj"))) == 2
-    data = bytearray(entries[0].read_bytes())
-    data[-10] ^= 0xFF                      # corrupt the stored object
-    entries[0].write_bytes(bytes(data))
+    cm, cache = build(threads=2)           # other options, other code: new entries
+    assert cache.misses == 2 and len(list(tmp_path.glob("*.obj"))) == 4
+    for entry in entries:                  # corrupt the stored objects
+        data = bytearray(entry.read_bytes())
+        data[-10] ^= 0xFF
+        entry.write_bytes(bytes(data))
     cm, cache = build()
-    assert cache.rejected == 1 and cache.hits == 0
+    assert cache.rejected == 2 and cache.hits == 0
     np.testing.assert_array_equal(cm(x), expected)   # rebuilt, never loaded
     cm, cache = build()
-    assert cache.hits == 1
+    assert cache.hits == 2
     assert cnncompiler.compile(g, backend="llvm", cache=False).executable.cache is None
 
 
@@ -213,11 +234,11 @@ def test_compile_cache_keys_code_not_weights(tmp_path):
         cm = cnncompiler.compile(g, backend="llvm", cache_dir=str(tmp_path))
         results.append(cm(x))
         np.testing.assert_allclose(results[-1], evaluate(g, {"x": x})[0], rtol=1e-4, atol=1e-5)
-    assert cm.executable.cache.hits == 1
+    assert cm.executable.cache.hits == 2
     assert not np.allclose(results[0], results[1])
     g = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1)).to_graph((1, 16, 7, 6))
     cm = cnncompiler.compile(g, backend="llvm", cache_dir=str(tmp_path))
-    assert cm.executable.cache.misses == 1
+    assert cm.executable.cache.misses == 2
 
 
 @pytest.mark.parametrize("attrs", [

@@ -189,28 +189,31 @@ class JitEngine:
             pb.getModulePassManager().run(mod, pb)
         return mod
 
-    def compile_cached(self, cache, fingerprint: str, render, names: Sequence[str]) -> None:
-        """Load the object code of a module from ``cache`` (a CompileCache), or build it:
-        ``render()`` makes the llvmlite module (only on a miss), whose code ``fingerprint``
-        fully determines; ``names`` are the functions to look up afterwards."""
+    @property
+    def opt_level(self) -> int:
+        return self._opt
+
+    def object_key(self, fingerprint: str) -> str:
+        """Compile-cache key of the object code of a module that ``fingerprint`` (its kernel
+        IR) determines: also the CPU, optimisation level, versions and backend sources."""
         import llvmlite
 
         import cnncompiler
         from cnncompiler.backends.llvm.cache import cache_key, code_digest
 
-        key = cache_key(fingerprint, self._cpu, self._features, str(self._opt),
-                        cnncompiler.__version__, llvmlite.__version__,
-                        ".".join(map(str, llvm.llvm_version_info)), code_digest())
-        obj = cache.get(key)
-        if obj is None:
-            obj = self.emit_object(render())
-            cache.put(key, obj)
+        return cache_key(fingerprint, self._cpu, self._features, str(self._opt),
+                         cnncompiler.__version__, llvmlite.__version__,
+                         ".".join(map(str, llvm.llvm_version_info)), code_digest())
+
+    def load_objects(self, objects: Sequence[bytes], names: Sequence[str]) -> None:
+        """Link object files (see :meth:`emit_object`) into the JIT and look up ``names``."""
         with self._lock:
             clash = [n for n in names if n in self._functions]
             if clash:
                 raise CnnCompilerError(
                     f"function(s) {', '.join(clash)} already compiled in this engine")
-            self._ee.add_object_file(llvm.ObjectFileRef.from_data(obj))
+            for obj in objects:
+                self._ee.add_object_file(llvm.ObjectFileRef.from_data(obj))
             self._ee.finalize_object()
             for n in names:
                 self._functions[n] = self._ee.get_function_address(n)
@@ -247,9 +250,14 @@ class JitEngine:
 
     # ------------------------------------------------------------------ ahead of time
     def _aot_machine(self):
+        """Position-independent, small code model: constants are addressed relative to the
+        instruction pointer. (The default here is the large model, whose GOT-relative
+        relocations the JIT's linker resolves wrongly once several objects are loaded:
+        the second object's constants were read from the first one's.)"""
         if self._aot_tm is None:
             self._aot_tm = self._target.create_target_machine(
-                cpu=self._cpu, features=self._features, opt=self._opt, reloc="pic")
+                cpu=self._cpu, features=self._features, opt=self._opt, reloc="pic",
+                codemodel="small")
         return self._aot_tm
 
     def emit_object(self, module) -> bytes:

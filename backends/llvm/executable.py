@@ -67,7 +67,7 @@ class CompiledGraph:
     """One static-shape graph: its native entry point, arena and weights."""
 
     def __init__(self, graph: Graph, engine_factory, threads: int = 1, cache=None):
-        from cnncompiler.backends.llvm.render import add_entry, render_module
+        from cnncompiler.backends.llvm.objects import model_objects
 
         self.graph = graph
         self.threads = threads
@@ -109,17 +109,10 @@ class CompiledGraph:
         self.kernels, self.calls = kernels, calls   # kept for AOT export
         threaded = threads > 1
 
-        def render():
-            module = render_module(kernels, _ident(graph.name), threaded=threaded)
-            add_entry(module, "run_model", calls, 1 + len(self.weights), threaded=threaded)
-            return module
-
         self.engine = engine_factory()
-        if cache is not None:
-            self.engine.compile_cached(cache, fingerprint(kernels, calls, threaded, graph.name),
-                                       render, [k.name for k in kernels] + ["run_model"])
-        else:
-            self.engine.compile(render())
+        objects = model_objects(self.engine, kernels, calls, 1 + len(self.weights), threaded,
+                                _ident(graph.name), cache)
+        self.engine.load_objects(objects, [k.name for k in kernels] + ["run_model"])
         if threaded:
             self._team = ThreadTeam(self.engine.address("run_model"), threads)
         else:
@@ -172,17 +165,6 @@ class CompiledGraph:
             self._entry(self._args)
         return [self._view(v.name, v.type.shape, v.type.dtype.numpy).copy()
                 for v in self.graph.outputs]
-
-
-def fingerprint(kernels, calls, threaded: bool, name: str) -> str:
-    """Everything the generated code depends on, as text: each kernel's buffers and loop
-    nest (not its tables' values, which travel as arguments), the entry's calls and
-    threading. Equal fingerprints render to the same object code."""
-    from cnncompiler.backends.llvm.render import deep_recursion
-
-    with deep_recursion():
-        parts = [repr((k.name, k.buffers, k.body)) for k in kernels]
-    return "\n".join([_ident(name), str(threaded), repr(calls), *parts])
 
 
 def _row(node, k: int, seconds: float, flops: int) -> ProfileRow:

@@ -708,7 +708,8 @@ def _barrier(module):
 
 def add_entry(module, name: str, calls: Sequence[tuple[str, Sequence[tuple[int, int]]]],
               num_args: int, threaded: bool = False):
-    """Define ``void name(ptr args)`` that runs several kernels in one native call.
+    """Define ``void name(ptr args)`` that runs several kernels in one native call (kernels
+    not defined in ``module`` are declared: another object defines them).
 
     ``args`` points at ``num_args`` pointers. Each call is ``(kernel name, bindings)``
     with one ``(arg_index, byte_offset)`` per kernel buffer: the kernel gets
@@ -739,9 +740,14 @@ def add_entry(module, name: str, calls: Sequence[tuple[str, Sequence[tuple[int, 
 
     for kernel_name, bindings in calls:
         target = module.globals.get(kernel_name)
-        if not isinstance(target, ir.Function) or target.is_declaration:
-            raise CnnCompilerError(f"entry '{name}': kernel '{kernel_name}' is not defined "
-                                   f"in module '{module.name}'")
+        if target is None:   # defined in another module (object) the JIT links with this one
+            extra = [i64, i64] if threaded else []
+            target = ir.Function(module, ir.FunctionType(ir.VoidType(),
+                                                         [ptr] * len(bindings) + extra),
+                                 name=kernel_name)
+        if not isinstance(target, ir.Function):
+            raise CnnCompilerError(f"entry '{name}': '{kernel_name}' is not a function in "
+                                   f"module '{module.name}'")
         if len(bindings) + (2 if threaded else 0) != len(target.args):
             raise CnnCompilerError(f"entry '{name}': kernel '{kernel_name}' takes "
                                    f"{len(target.args)} buffers, got {len(bindings)}")

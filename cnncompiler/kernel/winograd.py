@@ -158,7 +158,7 @@ def winograd_problem(conv: Node, weights_known: bool | None = None) -> str | Non
 def transform_weights(w: np.ndarray, lanes: int) -> np.ndarray:
     """OIHW 3x3 filters -> ``U = G g G^T`` (float64), packed [K/8, 36, C, 8]."""
     k, c = w.shape[:2]
-    u = np.einsum("ai,kcij,bj->kcab", G, np.asarray(w, np.float64), G)   # [K, C, 6, 6]
+    u = G @ np.asarray(w, np.float64) @ G.T                               # [K, C, 6, 6]
     return u.reshape(k // lanes, lanes, c, POSITIONS).transpose(0, 3, 2, 1)
 
 

@@ -1,0 +1,142 @@
+"""Object code for a whole model, built in parallel and served from the compile cache.
+
+Rendering kernel IR to LLVM IR (Python) and optimising/compiling it (LLVM) are both
+single-threaded: llvmlite serialises every call into LLVM behind one lock. A big model is
+therefore split into *parts* of about equal size, each rendered and compiled to a
+position-independent object in a worker process (``python -P -m`` this module: a fresh
+interpreter, which never re-runs the user's script the way a multiprocessing "spawn" does),
+while one part is built in this process,
+plus a small entry object (``run_model``, declaring the kernels it calls). The JIT links
+them. Each part is a compile-cache entry of its own, keyed by its kernels' IR, so editing
+one layer of a model recompiles one part.
+
+Small models (below ``PARALLEL_MIN_CHARS`` of kernel IR) are built in this process: a
+worker process costs ~0.5 s to start. Any failure to use a worker (no process support,
+a sandbox) falls back to building in this process.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import pickle
+import subprocess
+import sys
+from collections.abc import Sequence
+
+from cnncompiler.kernel import ir as K
+
+#: kernel-IR text (fingerprint characters) above which a model is split across processes
+PARALLEL_MIN_CHARS = 400_000
+
+def build_part(kernels: Sequence[K.Kernel], module_name: str, threaded: bool, cpu: str,
+               features: str, opt: int) -> bytes:
+    """Render kernels and compile them to a position-independent object."""
+    from cnncompiler.backends.llvm.engine import JitEngine
+    from cnncompiler.backends.llvm.render import deep_recursion, render_module
+
+    with deep_recursion():
+        module = render_module(kernels, module_name, threaded=threaded)
+    return JitEngine(opt_level=opt, cpu=cpu, features=features).emit_object(module)
+
+
+def _run_worker(job: bytes) -> bytes | None:
+    """Build one part in a fresh interpreter; None if that is not possible here."""
+    try:
+        done = subprocess.run([sys.executable, "-P", "-m", __name__], input=job,
+                              capture_output=True, timeout=600, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 and done.stdout else None
+
+
+def kernel_text(kernel: K.Kernel) -> str:
+    """What a kernel's code depends on: its name, buffers and loop nest (not its tables'
+    values, which travel as arguments)."""
+    return repr((kernel.name, kernel.buffers, kernel.body))
+
+
+def split(texts: Sequence[str], parts: int) -> list[list[int]]:
+    """Kernel indices in ``parts`` groups of about equal text size (greedy, largest first)."""
+    groups: list[list[int]] = [[] for _ in range(parts)]
+    sizes = [0] * parts
+    for i in sorted(range(len(texts)), key=lambda i: -len(texts[i])):
+        g = sizes.index(min(sizes))
+        groups[g].append(i)
+        sizes[g] += len(texts[i])
+    return [sorted(g) for g in groups if g]
+
+
+def model_objects(engine, kernels: Sequence[K.Kernel], calls, num_args: int, threaded: bool,
+                  name: str, cache) -> list[bytes]:
+    """Objects defining every kernel and ``run_model`` (see the module docstring)."""
+    from cnncompiler.backends.llvm.render import add_entry, deep_recursion, render_module
+
+    with deep_recursion():
+        texts = [kernel_text(k) for k in kernels]
+    workers = _workers() if sum(map(len, texts)) >= PARALLEL_MIN_CHARS else 0
+    groups = split(texts, 1 + workers)
+    keys = [engine.object_key("\n".join([name, str(threaded)] + [texts[i] for i in g]))
+            for g in groups]
+    objects: list[bytes | None] = [cache.get(k) if cache is not None else None for k in keys]
+    missing = [j for j, obj in enumerate(objects) if obj is None]
+    futures = {}
+    pool = concurrent.futures.ThreadPoolExecutor(max(1, len(missing) - 1))
+    for j in missing[1:]:
+        with deep_recursion():
+            job = pickle.dumps(([_without_tables(kernels[i]) for i in groups[j]],
+                                f"{name}_part{j}", threaded, engine.cpu_name,
+                                engine.cpu_features, engine.opt_level))
+        futures[j] = pool.submit(_run_worker, job)
+    for j in missing:
+        obj = None
+        if j in futures:
+            obj = futures[j].result()   # None if the worker failed: build it here
+        if obj is None:
+            with deep_recursion():
+                module = render_module([kernels[i] for i in groups[j]], f"{name}_part{j}",
+                                       threaded=threaded)
+            obj = engine.emit_object(module)
+        objects[j] = obj
+        if cache is not None:
+            cache.put(keys[j], obj)
+    entry_key = engine.object_key("\n".join([name, "entry", str(threaded), str(num_args),
+                                             repr(calls)]))
+    entry = cache.get(entry_key) if cache is not None else None
+    if entry is None:
+        module = render_module([], f"{name}_entry", threaded=threaded)
+        add_entry(module, "run_model", calls, num_args, threaded=threaded)
+        entry = engine.emit_object(module)
+        if cache is not None:
+            cache.put(entry_key, entry)
+    pool.shutdown()
+    return [*objects, entry]
+
+
+def _without_tables(kernel: K.Kernel) -> K.Kernel:
+    """The kernel without its tables' arrays (megabytes of packed weights a worker does
+    not need to render code)."""
+    from dataclasses import replace
+
+    return replace(kernel, tables={})
+
+
+def _workers() -> int:
+    """Worker processes to use besides this one: one per further core, at most 3."""
+    if os.environ.get("CNNC_COMPILE_WORKERS") is not None:
+        return max(0, int(os.environ["CNNC_COMPILE_WORKERS"]))
+    return max(0, min(3, (os.cpu_count() or 1) - 1))
+
+
+def _main() -> None:
+    """Worker: a pickled (kernels, module name, threaded, cpu, features, opt) on stdin, the
+    object code on stdout."""
+    from cnncompiler.backends.llvm.render import deep_recursion
+
+    with deep_recursion():
+        kernels, module_name, threaded, cpu, features, opt = pickle.loads(sys.stdin.buffer.read())
+    sys.stdout.buffer.write(build_part(kernels, module_name, threaded, cpu, features, opt))
+
+
+if __name__ == "__main__":
+    _main()
