@@ -184,6 +184,24 @@ def test_big_models_compile_in_parallel_parts(monkeypatch, tmp_path):
     np.testing.assert_allclose(cm(x), alone(x), rtol=1e-5, atol=1e-6)
 
 
+def test_tiny_graphs_run_on_one_thread(monkeypatch):
+    from cnncompiler.backends.llvm import executable
+
+    monkeypatch.setattr(executable, "MIN_FLOPS_PER_THREAD", 20_000_000)
+    x = rand(1, 1, 32, 32)
+    lenet = cnncompiler.compile(zoo.get("lenet5"), backend="llvm", batch=1, threads=2)
+    assert lenet.executable.for_shapes([x]).threads == 1
+    np.testing.assert_allclose(lenet(x), evaluate(lenet.graph, {"x": x})[0], rtol=1e-4,
+                               atol=1e-6)
+    big = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1)).to_graph((1, 16, 64, 64))
+    x = rand(1, 16, 64, 64)   # 38 MFLOP: two threads of 19... still one
+    assert cnncompiler.compile(big, backend="llvm", threads=2).executable.for_shapes(
+        [x]).threads == 1
+    monkeypatch.setattr(executable, "MIN_FLOPS_PER_THREAD", 10_000_000)
+    assert cnncompiler.compile(big, backend="llvm", threads=2).executable.for_shapes(
+        [x]).threads == 2
+
+
 def test_bad_thread_count():
     g = nn.Sequential(nn.ReLU()).to_graph((1, 3))
     with pytest.raises(UnsupportedError, match="threads must be a positive int"):
