@@ -197,6 +197,10 @@ def _ident(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name)
 
 
+#: stack of each helper thread of a ThreadTeam
+WORKER_STACK_BYTES = 16 << 20
+
+
 def _pinning_cpus(threads: int) -> list[int] | None:
     """One allowed core per thread, or None (no pinning: turned off, not Linux, too few)."""
     if os.environ.get("CNNC_PIN_THREADS", "1") == "0" or not hasattr(os, "sched_setaffinity"):
@@ -228,8 +232,14 @@ class ThreadTeam:
         self._stop = False
         self._workers = [threading.Thread(target=self._work, args=(t,), daemon=True)
                          for t in range(1, threads)]
-        for w in self._workers:
-            w.start()
+        # kernels keep per-call scratch on the stack (Winograd: ~1.3 MB): give the helpers
+        # a stack that holds it whatever the platform's default thread stack is
+        previous = threading.stack_size(WORKER_STACK_BYTES)
+        try:
+            for w in self._workers:
+                w.start()
+        finally:
+            threading.stack_size(previous)
         weakref.finalize(self, ThreadTeam._shutdown, self._go, self._workers, self)
 
     def _work(self, tid: int) -> None:
