@@ -199,6 +199,16 @@ def _ident(name: str) -> str:
 
 #: stack of each helper thread of a ThreadTeam
 WORKER_STACK_BYTES = 16 << 20
+#: how long a thread of the team polls (yielding the GIL) before it sleeps on an event:
+#: waking a sleeping thread cost a small model (a 0.7 ms depthwise layer) 0.9 ms per call
+SPIN_SECONDS = 0.001
+
+
+def _poll(event: threading.Event, seconds: float) -> None:
+    """Return when ``event`` is set or ``seconds`` have passed, without sleeping."""
+    end = time.perf_counter() + seconds
+    while not event.is_set() and time.perf_counter() < end:
+        time.sleep(0)
 
 
 def _pinning_cpus(threads: int) -> list[int] | None:
@@ -247,6 +257,7 @@ class ThreadTeam:
         if self._cpus:
             os.sched_setaffinity(0, {self._cpus[tid]})
         while True:
+            _poll(go, SPIN_SECONDS)   # a call right after this one finds the thread awake
             go.wait()
             go.clear()
             if self._stop:
@@ -264,7 +275,8 @@ class ThreadTeam:
             for go in self._go:
                 go.set()
             self._fn(args, 0, self.threads, self._barrier.ctypes.data)
-            for done in self._done:
+            for done in self._done:   # set microseconds after the entry's last barrier
+                _poll(done, SPIN_SECONDS)
                 done.wait()
                 done.clear()
         finally:
