@@ -16,22 +16,35 @@ from cnncompiler.errors import UnsupportedError
 from cnncompiler.ir.graph import Node, Value
 from cnncompiler.ir.layout import parse_layout
 from cnncompiler.kernel import ir as K
+from cnncompiler.kernel.common import (  # noqa: F401 - DTYPES is re-exported
+    DTYPES,
+    Element,
+    all_of,
+    clamp,
+    in_range,
+    kdtype,
+    shape_of,
+)
 from cnncompiler.kernel.conv_nchwc import blocked_conv_problem, conv_nchwc
 from cnncompiler.kernel.gemm import gemm_problem, gemm_rows
+from cnncompiler.kernel.lower_reduce import (
+    lower_arg_extreme,
+    lower_reduce,
+    lower_reduce_log_sum_exp,
+)
+from cnncompiler.kernel.lower_tensor import (
+    broadcast_index,
+    lower_constant_of_shape,
+    lower_depth_to_space,
+    lower_expand,
+    lower_gather,
+    lower_shape,
+    lower_slice,
+    lower_space_to_depth,
+    lower_split,
+    lower_tile,
+)
 from cnncompiler.kernel.winograd import winograd_nchwc, winograd_problem
-
-DTYPES = {"float32": "f32", "float64": "f64", "int64": "i64", "bool": "i1"}
-Element = tuple[list[K.Stmt], K.Expr]
-
-
-def kdtype(v: Value) -> str:
-    return DTYPES[v.type.dtype.value]
-
-
-def shape_of(v: Value) -> tuple[int, ...]:
-    if not v.type.is_static:
-        raise UnsupportedError(f"value {v.name!r} has a symbolic shape {v.type}; bind the batch")
-    return v.type.shape
 
 
 class KernelBuilder:
@@ -183,21 +196,6 @@ class KernelBuilder:
 def is_blocked(node: Node) -> bool:
     """Does ``node`` run in a channel-blocked layout (NCHW{x}c)?"""
     return parse_layout(node.attrs.get("layout")).block is not None
-
-
-def clamp(e: K.Expr, size: int) -> K.Expr:
-    return K.maximum(K.minimum(e, size - 1), 0)
-
-
-def in_range(e: K.Expr, size: int) -> K.Expr:
-    return K.Bin("and", e.ge(0), e.lt(size))
-
-
-def all_of(conds: list[K.Expr]) -> K.Expr | None:
-    out = None
-    for c in conds:
-        out = c if out is None else K.Bin("and", out, c)
-    return out
 
 
 # ------------------------------------------------------------------ lowerings
@@ -525,256 +523,6 @@ def lower_resize(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
         term = v if weight is None else v * weight
         total = term if total is None else total + term
     return stmts, total
-
-
-# ------------------------------------------------- tensor plumbing: one input element each
-def infer_context(node: Node):
-    """The op's own InferContext on the node's now concrete input types, so a lowering reuses
-    the op's attribute arithmetic (slice bounds, reduced axes) instead of repeating it."""
-    from cnncompiler.ir.types import TensorType
-    from cnncompiler.ops.opdef import InferContext
-
-    types = [None if v is None else TensorType(shape_of(v), v.type.dtype) for v in node.inputs]
-    return InferContext(node.op, node.name, types, node.attrs)
-
-
-def lower_slice(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
-    """A sliced axis reads start + i * step, with ONNX's clamped start."""
-    from cnncompiler.ops.tensor_ops import slice_plan, slice_range
-
-    x = node.inputs[0]
-    xs = shape_of(x)
-    local = list(idx)
-    for axis, start, end, step in slice_plan(infer_context(node), len(xs)):
-        first, _, _ = slice_range(start, end, step, xs[axis])
-        e = idx[axis] * step if step != 1 else idx[axis]
-        local[axis] = e + first if first else e
-    return kb.element(x, local)
-
-
-def lower_split(kb: KernelBuilder, node: Node, k: int, idx: list[K.Expr]) -> Element:
-    """Output ``k`` of Split is the input's slice along the axis that starts after the
-    earlier outputs."""
-    x = node.inputs[0]
-    axis = node.attrs["axis"] % len(shape_of(x))
-    offset = sum(shape_of(node.outputs[j])[axis] for j in range(k))
-    local = list(idx)
-    if offset:
-        local[axis] = idx[axis] + offset
-    return kb.element(x, local)
-
-
-def broadcast_index(shape: tuple[int, ...], idx: list[K.Expr]) -> list[K.Expr]:
-    """Where an operand of ``shape`` is read for output index ``idx`` (numpy broadcasting)."""
-    offset = len(idx) - len(shape)
-    return [K.Const(0) if shape[d] == 1 else idx[offset + d] for d in range(len(shape))]
-
-
-def lower_expand(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
-    x = node.inputs[0]
-    return kb.element(x, broadcast_index(shape_of(x), idx))
-
-
-def lower_tile(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
-    x = node.inputs[0]
-    xs = shape_of(x)
-    reps = node.attrs["repeats"]
-    return kb.element(x, [i % s if r != 1 else i for i, s, r in zip(idx, xs, reps)])
-
-
-def lower_depth_to_space(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
-    """out[n, c, h*b + i, w*b + j] reads channel (i*b + j)*C_out + c (DCR) or
-    (c*b + i)*b + j (CRD) of x[n, :, h, w]."""
-    b = node.attrs["blocksize"]
-    c_out = shape_of(node.outputs[0])[1]
-    n, c, oh, ow = idx
-    i, j = oh % b, ow % b
-    if node.attrs["mode"] == "DCR":
-        chan = (i * b + j) * c_out + c
-    else:
-        chan = (c * b + i) * b + j
-    return kb.element(node.inputs[0], [n, chan, oh // b, ow // b])
-
-
-def lower_space_to_depth(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
-    """The inverse move: out channel (i*b + j)*C + c (DCR) or (c*b + i)*b + j (CRD) at
-    (h, w) reads x[n, c, h*b + i, w*b + j]."""
-    x = node.inputs[0]
-    b = node.attrs["blocksize"]
-    c_in = shape_of(x)[1]
-    n, oc, h, w = idx
-    if node.attrs["mode"] == "DCR":
-        c, i, j = oc % c_in, oc // c_in // b, oc // c_in % b
-    else:
-        c, i, j = oc // (b * b), oc // b % b, oc % b
-    return kb.element(x, [n, c, h * b + i, w * b + j])
-
-
-def lower_gather(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
-    """data[..., indices[...], ...]: the index is read per element; (i + n) % n wraps negative
-    indices and keeps any other into the axis, so a bad run-time index never reads outside
-    the buffer (the reference raises on those; a kernel cannot)."""
-    data, indices = node.inputs[0], node.inputs[1]
-    ds, rank_i = shape_of(data), len(shape_of(indices))
-    axis = node.attrs["axis"] % len(ds)
-    si, i = kb.element(indices, idx[axis:axis + rank_i])
-    n = ds[axis]
-    sd, v = kb.element(data, [*idx[:axis], (i + n) % n, *idx[axis + rank_i:]])
-    return si + sd, v
-
-
-def lower_shape(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
-    """The (now concrete) dims of the input, from a compile-time table."""
-    from cnncompiler.ops.tensor_ops import shape_bounds
-
-    xs = shape_of(node.inputs[0])
-    start, end = shape_bounds(infer_context(node), len(xs))
-    return [], K.Load(kb.table("shape", xs[start:end]), idx[0])
-
-
-def constant(value: float, dtype: str) -> K.Expr:
-    """``value`` as a kernel constant of ``dtype`` (bools are 0/1 of type i1)."""
-    if dtype == "i1":
-        return K.Const(int(bool(value)), "i1")
-    return K.Const(float(value) if dtype in ("f32", "f64") else int(value), dtype)
-
-
-def lower_constant_of_shape(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
-    return [], constant(node.attrs["value"], kdtype(node.outputs[0]))
-
-
-# ---------------------------------------------------------------------------- reductions
-def _as_float(fn: Callable[[K.Expr], K.Expr]) -> Callable[[K.Expr], K.Expr]:
-    """``fn`` of an int64 accumulator evaluated in float64 and truncated toward zero, as
-    the reference's astype does (floats pass through)."""
-    def wrapped(acc: K.Expr) -> K.Expr:
-        if acc.dtype != "i64":
-            return fn(acc)
-        return K.Cast(fn(K.Cast(acc, "f64")), "i64")
-    return wrapped
-
-
-#: the lowest and highest int64 / float values: the start of a running max / min
-LIMITS = {"i64": (-2**63, 2**63 - 1), "f32": (-math.inf, math.inf), "f64": (-math.inf, math.inf)}
-
-
-def _extreme_step(high: bool, dtype: str) -> Callable[[K.Expr, K.Expr], K.Expr]:
-    """acc <- max(acc, x) (or min); a bool maximum is "any", a bool minimum "all"; a float
-    NaN wins and stays, as in numpy (llvm.maxnum alone would drop it)."""
-    if dtype == "i1":
-        return lambda a, x: K.Bin("or" if high else "and", a, x)
-    pick = K.maximum if high else K.minimum
-    if dtype == "i64":
-        return pick
-
-    def step(a: K.Expr, x: K.Expr) -> K.Expr:
-        nan = K.Bin("or", K.Bin("!=", a, a), K.Bin("!=", x, x))
-        return K.select(nan, a + x, pick(a, x))
-    return step
-
-
-def _reducer(op: str, dtype: str, count: int) -> tuple[K.Expr, Callable, Callable | None]:
-    """(initial value, step(acc, x), finish(acc) or None) of the Reduce ``op`` on ``dtype``
-    elements, ``count`` of them per output element."""
-    if op in ("ReduceMax", "ReduceMin"):
-        high = op == "ReduceMax"
-        low, top = LIMITS.get(dtype, (0, 1))   # bools: any starts false, all starts true
-        return constant(low if high else top, dtype), _extreme_step(high, dtype), None
-    add = lambda a, x: a + x  # noqa: E731
-    square = lambda a, x: a + x * x  # noqa: E731
-    init, step, finish = {
-        "ReduceSum": (0, add, None),
-        "ReduceMean": (0, add, _as_float(lambda a: a / float(count))),
-        "ReduceProd": (1, lambda a, x: a * x, None),
-        "ReduceSumSquare": (0, square, None),
-        "ReduceL1": (0, lambda a, x: a + K.call("abs", x), None),
-        "ReduceL2": (0, square, _as_float(lambda a: K.call("sqrt", a))),
-        "ReduceLogSum": (0, add, lambda a: K.call("log", a)),
-    }[op]
-    return constant(init, dtype), step, finish
-
-
-def _reduction_loops(kb: KernelBuilder, node: Node, idx: list[K.Expr],
-                     body: Callable[[K.Expr], list[K.Stmt]]) -> list[K.Stmt]:
-    """Loops over the reduced axes of the input; ``body(x)`` gets the element read at the
-    output index ``idx`` combined with the loop indices (no loop for a no-op reduction)."""
-    from cnncompiler.ops.reduce_ops import reduce_axes
-
-    x = node.inputs[0]
-    xs = shape_of(x)
-    axes = reduce_axes(infer_context(node), len(xs))
-    loops = {d: kb.fresh("r") for d in axes}
-    kept = iter(idx)
-    where: list[K.Expr] = []
-    for d in range(len(xs)):
-        if d in loops:
-            where.append(loops[d])
-            if node.attrs["keepdims"]:
-                next(kept)   # the size-1 output axis
-        else:
-            where.append(next(kept))
-    stmts, value = kb.element(x, where)
-    inner = stmts + body(value)
-    for d in reversed(axes):
-        inner = [K.Loop(loops[d], K.Const(0), K.Const(xs[d]), inner)]
-    return inner
-
-
-def lower_reduce(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
-    """One register accumulator per output element, over the reduced axes."""
-    x = node.inputs[0]
-    dtype = kdtype(node.outputs[0])
-    count = math.prod(shape_of(x)) // math.prod(shape_of(node.outputs[0]))
-    init, step, finish = _reducer(node.op, dtype, count)
-    acc = kb.fresh("acc", dtype)
-    # the element goes to a variable first: a select reading a load directly would branch
-    v = kb.fresh("v", kdtype(x))
-    loops = _reduction_loops(kb, node, idx, lambda e: [K.Declare(v, e),
-                                                       K.Assign(acc, step(acc, v))])
-    return [K.Declare(acc, init), *loops], acc if finish is None else finish(acc)
-
-
-def lower_reduce_log_sum_exp(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
-    """log(sum(e^(x - m))) + m with m the maximum (0 where it is not finite), as the
-    reference: two passes, so e^ never overflows."""
-    dtype = kdtype(node.outputs[0])
-    m, s = kb.fresh("m", dtype), kb.fresh("s", dtype)
-    first = _reduction_loops(kb, node, idx, lambda v: [K.Assign(m, K.maximum(m, v))])
-    finite = K.Bin("and", m.gt(-math.inf), m.lt(math.inf))
-    shift = kb.fresh("shift", dtype)
-    second = _reduction_loops(kb, node, idx,
-                              lambda v: [K.Assign(s, s + K.call("exp", v - shift))])
-    stmts = [K.Declare(m, K.Const(-math.inf, dtype)), *first,
-             K.Declare(shift, K.select(finite, m, 0.0)), K.Declare(s, K.Const(0.0, dtype)),
-             *second]
-    return stmts, K.call("log", s) + shift
-
-
-def lower_arg_extreme(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
-    """ArgMax/ArgMin: the index of the first extreme along the axis (the last with
-    select_last_index); a NaN counts as the extreme, as in numpy."""
-    x = node.inputs[0]
-    xs = shape_of(x)
-    axis = node.attrs["axis"] % len(xs)
-    dtype = kdtype(x)
-    base = list(idx) if node.attrs["keepdims"] else [*idx[:axis], K.Const(0), *idx[axis:]]
-    j = kb.fresh("j")
-    s0, first = kb.element(x, [*base[:axis], K.Const(0), *base[axis + 1:]])
-    sj, v = kb.element(x, [*base[:axis], j, *base[axis + 1:]])
-    best, arg, cur = kb.fresh("best", dtype), kb.fresh("arg"), kb.fresh("v", dtype)
-    last = node.attrs["select_last_index"]
-    if node.op == "ArgMax":
-        better = cur.ge(best) if last else cur.gt(best)
-    else:
-        better = cur.le(best) if last else cur.lt(best)
-    if dtype in ("f32", "f64"):
-        nan = K.Bin("!=", cur, cur)
-        better = K.Bin("or", better, nan if last else K.Bin("and", nan, best.eq(best)))
-    body = sj + [K.Declare(cur, v), K.Assign(arg, K.select(better, j, arg)),
-                 K.Assign(best, K.select(better, cur, best))]
-    stmts = s0 + [K.Declare(best, first), K.Declare(arg, K.Const(0)),
-                  K.Loop(j, K.Const(1), K.Const(xs[axis]), body)]
-    return stmts, arg
 
 
 LOWERINGS: dict[str, Callable[[KernelBuilder, Node, list[K.Expr]], Element]] = {
