@@ -91,3 +91,22 @@ def compile_or_skip(graph, backend: str):
         if rejected_nodes(e) is None:
             raise
         pytest.skip(str(e))
+
+
+def check_llvm(graph, feeds, threads: int = 1, opt_level: int = 2, tol: float = 1e-4) -> None:
+    """Every llvm output has the graph's dtype and the reference's shape and values: floats
+    to relative error ``tol``, ints and bools exactly."""
+    import cnncompiler
+    from cnncompiler.backends.reference import evaluate
+
+    expected = evaluate(graph, feeds)
+    got = cnncompiler.compile(graph, backend="llvm", threads=threads,
+                              opt_level=opt_level)(**feeds)
+    got = got if isinstance(got, tuple) else (got,)
+    assert len(got) == len(expected) == len(graph.outputs)
+    for g, e, v in zip(got, expected, graph.outputs):
+        assert g.dtype == v.type.dtype.numpy and g.shape == e.shape
+        if g.dtype.kind == "f":
+            assert rel_err(g, e) < tol, rel_err(g, e)
+        else:
+            np.testing.assert_array_equal(g, e.astype(g.dtype))

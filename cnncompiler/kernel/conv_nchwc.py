@@ -161,12 +161,7 @@ def conv_nchwc(kb, conv: Node) -> list[K.Stmt]:
     dtype = K.scalar_of(kb.out.dtype)
     L = g.lanes
     vec = K.vector(dtype, L)
-    weights = kb.data_of(w)
-    if weights is None:
-        raise UnsupportedError(f"node '{conv.name}' (Conv): "
-                               f"{blocked_conv_problem(conv, False)}")
-    wpack = kb.table("wpack", pack_weights(g, np.asarray(weights)), dtype)
-    kb.drop_input(w)
+    wpack = kb.repack(w, "wpack", lambda weights: pack_weights(g, weights), dtype)
     xin = kb.buffers[x.name]
     inb = g.in_block
     cbs, kbs = g.c // inb, g.k // L               # channel blocks of X and of Y

@@ -43,15 +43,10 @@ def gemm_problem(node: Node, weights: np.ndarray | None) -> str | None:
 def gemm_rows(kb, node: Node) -> list[K.Stmt]:
     """Statements computing the (first member) matrix product ``node`` and its epilogue."""
     a, b = node.inputs[0], node.inputs[1]
-    weights = np.asarray(kb.data_of(b))
-    if node.op == "Gemm" and node.attrs["transB"]:
-        bt = weights                      # already [N, K]
-    else:
-        bt = weights.T                    # [K, N] -> [N, K]
+    transposed = node.op == "Gemm" and node.attrs["transB"]   # B already [N, K]
+    packed = kb.repack(b, "bT", (lambda w: w) if transposed else np.transpose, "f32")
     m_, k_ = a.type.shape
-    n_ = bt.shape[0]
-    packed = kb.table("bT", bt, "f32")
-    kb.drop_input(b)
+    n_ = b.type.shape[0 if transposed else 1]
     ain = kb.buffers[a.name]
     j = kb.fresh("j")
     full = k_ // LANES * LANES
@@ -82,19 +77,24 @@ def gemm_rows(kb, node: Node) -> list[K.Stmt]:
     return [K.Loop(j, K.Const(0), K.Const(n_), body, "parallel")]
 
 
+def gemm_scale(kb, node: Node, idx: list[K.Expr], dot: K.Expr
+               ) -> tuple[list[K.Stmt], K.Expr]:
+    """A Gemm's ``alpha·dot + beta·C[idx]`` (C broadcast); a MatMul's dot as it is."""
+    if node.op != "Gemm":
+        return [], dot
+    stmts: list[K.Stmt] = []
+    alpha, beta = node.attrs["alpha"], node.attrs["beta"]
+    value = dot * alpha if alpha != 1.0 else dot
+    c = node.inputs[2] if len(node.inputs) > 2 else None
+    if c is not None and beta != 0.0:
+        stmts, cv = kb.load(c, kb.operand_index(node, 2, c, idx))
+        value = value + (cv * beta if beta != 1.0 else cv)
+    return stmts, value
+
+
 def _store(kb, node: Node, idx: list[K.Expr], dot: K.Expr, n_: int) -> list[K.Stmt]:
     """out[idx] = alpha·dot + beta·C, then the fused epilogue reading it back in place."""
-    stmts: list[K.Stmt] = []
-    value = dot
-    if node.op == "Gemm":
-        alpha, beta = node.attrs["alpha"], node.attrs["beta"]
-        if alpha != 1.0:
-            value = value * alpha
-        c = node.inputs[2] if len(node.inputs) > 2 else None
-        if c is not None and beta != 0.0:
-            sc, cv = kb.load(c, kb.operand_index(node, 2, c, idx))
-            stmts += sc
-            value = value + (cv * beta if beta != 1.0 else cv)
+    stmts, value = gemm_scale(kb, node, idx, dot)
     flat = idx[0] * n_ + idx[1]
     stmts.append(K.Store(kb.out, flat, value))
     if kb.members[-1] is not node:

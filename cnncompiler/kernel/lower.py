@@ -26,7 +26,7 @@ from cnncompiler.kernel.common import (  # noqa: F401 - DTYPES is re-exported
     shape_of,
 )
 from cnncompiler.kernel.conv_nchwc import blocked_conv_problem, conv_nchwc
-from cnncompiler.kernel.gemm import gemm_problem, gemm_rows
+from cnncompiler.kernel.gemm import gemm_problem, gemm_rows, gemm_scale
 from cnncompiler.kernel.lower_reduce import (
     lower_arg_extreme,
     lower_reduce,
@@ -91,9 +91,17 @@ class KernelBuilder:
         outer = self.outer.get(v.name)
         return self.data.get(outer.name) if outer is not None and outer.is_stored else None
 
-    def drop_input(self, v: Value) -> None:
-        """The kernel no longer reads input ``v`` (a lowering repacked it into a table)."""
+    def repack(self, v: Value, name: str, transform: Callable[[np.ndarray], np.ndarray],
+               dtype: str) -> K.Buffer:
+        """Stored input ``v`` rearranged once at compile time: a table of ``dtype`` holding
+        ``transform(array)``, which the kernel reads instead of ``v`` (no longer passed)."""
+        weights = self.data_of(v)
+        if weights is None:
+            raise UnsupportedError(f"node '{self.node.name}' ({self.node.op}): input "
+                                   f"{v.name!r} is computed at run time; its schedule repacks "
+                                   f"it at compile time")
         self.dropped.add(v.name)
+        return self.table(name, transform(np.asarray(weights)), dtype)
 
     def table(self, name: str, values, dtype: str = "i64") -> K.Buffer:
         """A compile-time lookup table (indices, or weights of ``dtype``) the kernel reads."""
@@ -336,17 +344,8 @@ def lower_gemm(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
     stmts: list[K.Stmt] = [K.Declare(acc, K.Const(0.0, dtype)),
                            K.Loop(k, K.Const(0), K.Const(depth), sa + sb +
                                   [K.Assign(acc, acc + av * bv)])]
-    result: K.Expr = acc
-    if node.op == "Gemm":
-        alpha, beta = node.attrs["alpha"], node.attrs["beta"]
-        if alpha != 1.0:
-            result = result * alpha
-        c = node.inputs[2] if len(node.inputs) > 2 else None
-        if c is not None and beta != 0.0:
-            sc, cv = kb.load(c, kb.operand_index(node, 2, c, idx))
-            stmts += sc
-            result = result + (cv * beta if beta != 1.0 else cv)
-    return stmts, result
+    sc, result = gemm_scale(kb, node, idx, acc)
+    return stmts + sc, result
 
 
 def _column_weights(kb: KernelBuilder, node: Node, b: Value, b_idx: list[K.Expr]
@@ -359,8 +358,7 @@ def _column_weights(kb: KernelBuilder, node: Node, b: Value, b_idx: list[K.Expr]
     if (weights is None or np.ndim(weights) != 2 or transposed or b.name not in kb.buffers
             or any(b in m.inputs for m in kb.members if m is not node)):
         return None
-    kb.drop_input(b)
-    return kb.table("bT", np.asarray(weights).T, kdtype(b))
+    return kb.repack(b, "bT", np.transpose, kdtype(b))
 
 
 def lower_view(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:

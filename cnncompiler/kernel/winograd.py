@@ -280,11 +280,7 @@ def winograd_nchwc(kb, conv: Node) -> list[K.Stmt]:
     dtype = K.scalar_of(kb.out.dtype)
     L = g.lanes
     vec = K.vector(dtype, L)
-    weights = kb.data_of(w)
-    if weights is None:
-        raise UnsupportedError(f"node '{conv.name}' (Conv): Winograd needs stored weights")
-    u = kb.table("wino_u", transform_weights(np.asarray(weights), L), dtype)
-    kb.drop_input(w)
+    u = kb.repack(w, "wino_u", lambda weights: transform_weights(weights, L), dtype)
     xin = kb.buffers[x.name]
     bias_buf = kb.buffers[bias.name] if bias is not None else None
     p = plan(g)
