@@ -116,6 +116,19 @@ def summary(model: str, batch: int, as_json: bool, with_plan: bool,
 _THREADS_OPTION = click.option(
     "--threads", type=click.IntRange(min=1), default=None,
     help="threads the compiled code runs on (llvm; default 1)")
+_DEVICE_OPTION = click.option(
+    "--device", default=None, metavar="PLATFORM:DEVICE",
+    help="OpenCL device by indices, e.g. 0:0 (opencl; default PYOPENCL_CTX or the best one)")
+
+
+def _backend_options(threads: int | None, device: str | None) -> dict:
+    """The backend options the user gave (a backend rejects ones it does not take)."""
+    options: dict = {}
+    if threads is not None:
+        options["threads"] = threads
+    if device is not None:
+        options["device"] = device
+    return options
 
 
 @main.command("compile")
@@ -133,11 +146,12 @@ _THREADS_OPTION = click.option(
               help="AOT: write a shared library + C header + weights file (llvm)")
 @click.option("--no-cache", is_flag=True, help="don't read or write the compile cache")
 @_THREADS_OPTION
+@_DEVICE_OPTION
 @_SHAPE_OPTION
 def compile_command(model: str, backend: str, opt_level: int, disabled: tuple[str, ...],
                     explain: bool, dump: str | None, dot_path: str | None, batch: int | None,
                     lib_path: str | None, no_cache: bool, threads: int | None,
-                    shapes: tuple[str, ...]) -> None:
+                    device: str | None, shapes: tuple[str, ...]) -> None:
     """Compile MODEL through the pass pipeline for a backend."""
     import cnncompiler
 
@@ -148,9 +162,9 @@ def compile_command(model: str, backend: str, opt_level: int, disabled: tuple[st
             raise click.BadParameter(f"{dump!r}: use after:PASS or final", param_hint="--dump-ir")
         keep.append(pass_name)
     graph = _load(model, with_weights=True, batch=batch, input_shapes=_parse_shapes(shapes))
-    options = {"cache": False} if no_cache else {}
-    if threads is not None:
-        options["threads"] = threads
+    options = _backend_options(threads, device)
+    if no_cache:
+        options["cache"] = False
     cm = cnncompiler.compile(graph, backend=backend, opt_level=opt_level,
                              disable_passes=disabled, keep_snapshots=keep, **options)
     chosen = cm.graph
@@ -206,19 +220,19 @@ def _parse_inputs(items: tuple[str, ...]) -> dict[str, np.ndarray]:
 @click.option("--output", "output_path", type=click.Path(dir_okay=False),
               help="save every output to this .npz file, keyed by output name")
 @click.option("--profile", "with_profile", is_flag=True,
-              help="per-kernel time, GFLOP/s and % of FMA peak (llvm)")
+              help="per-kernel time, GFLOP/s and % of FMA peak (llvm, opencl)")
 @_THREADS_OPTION
+@_DEVICE_OPTION
 @_SHAPE_OPTION
 def run(model: str, backend: str, seed: int, batch: int, inputs: tuple[str, ...],
         top: int, output_path: str | None, shapes: tuple[str, ...],
-        with_profile: bool, threads: int | None) -> None:
+        with_profile: bool, threads: int | None, device: str | None) -> None:
     """Compile MODEL (built-in name or .onnx) and run it on a random (or given) input."""
     import cnncompiler
 
     graph = _load(model, with_weights=True, batch=batch, seed=seed,
                   input_shapes=_parse_shapes(shapes))
-    cm = cnncompiler.compile(graph, backend=backend,
-                             **({} if threads is None else {"threads": threads}))
+    cm = cnncompiler.compile(graph, backend=backend, **_backend_options(threads, device))
     feeds = _parse_inputs(inputs)
     rng = np.random.default_rng(seed)
     for v in graph.inputs:

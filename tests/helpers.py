@@ -93,15 +93,33 @@ def compile_or_skip(graph, backend: str):
         pytest.skip(str(e))
 
 
-def check_llvm(graph, feeds, threads: int = 1, opt_level: int = 2, tol: float = 1e-4) -> None:
-    """Every llvm output has the graph's dtype and the reference's shape and values: floats
-    to relative error ``tol``, ints and bools exactly."""
+def require_backend(name: str) -> None:
+    """Skip the test where backend ``name`` is unavailable here, with its reason; under CI
+    (``CI=true``, set by ``.ci/run``, which installs every backend's platform) fail instead:
+    a backend that rots unnoticed because its tests skip is what CI is there to catch."""
+    import pytest
+
+    from cnncompiler.backends import available
+
+    status = available().get(name)
+    if status is not None and status.ok:
+        return
+    why = f"backend {name!r} is not available: {status.reason if status else 'unknown'}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{why} (CI installs it: this must not be skipped)")
+    pytest.skip(why)
+
+
+def check_backend(graph, feeds, backend: str = "llvm", opt_level: int = 2, tol: float = 1e-4,
+                  **options) -> None:
+    """Every output of ``backend`` has the graph's dtype and the reference's shape and values:
+    floats to relative error ``tol``, ints and bools exactly."""
     import cnncompiler
     from cnncompiler.backends.reference import evaluate
 
+    require_backend(backend)
     expected = evaluate(graph, feeds)
-    got = cnncompiler.compile(graph, backend="llvm", threads=threads,
-                              opt_level=opt_level)(**feeds)
+    got = cnncompiler.compile(graph, backend=backend, opt_level=opt_level, **options)(**feeds)
     got = got if isinstance(got, tuple) else (got,)
     assert len(got) == len(expected) == len(graph.outputs)
     for g, e, v in zip(got, expected, graph.outputs):
@@ -110,3 +128,8 @@ def check_llvm(graph, feeds, threads: int = 1, opt_level: int = 2, tol: float = 
             assert rel_err(g, e) < tol, rel_err(g, e)
         else:
             np.testing.assert_array_equal(g, e.astype(g.dtype))
+
+
+def check_llvm(graph, feeds, threads: int = 1, opt_level: int = 2, tol: float = 1e-4) -> None:
+    """:func:`check_backend` on llvm with ``threads``."""
+    check_backend(graph, feeds, "llvm", opt_level, tol, threads=threads)

@@ -12,7 +12,7 @@ import re
 
 import onnx
 import pytest
-from helpers import rejected_nodes
+from helpers import rejected_nodes, require_backend
 from onnx import numpy_helper
 from onnx_conformance import (
     EXCLUDE,
@@ -26,22 +26,18 @@ from onnx_conformance import (
     node_tests,
 )
 
-from cnncompiler.backends import available
 from cnncompiler.errors import CnnCompilerError, UnsupportedError
 from cnncompiler.frontends.onnx import load
 from cnncompiler.runtime.backend import Backend
 
-BACKENDS = ["reference", "llvm"]
+BACKENDS = ["reference", "llvm", "opencl"]
 
 ALLOWLIST = allowlist()
 
 
 @functools.cache
 def _methods(backend: str) -> dict:
-    status = available().get(backend)
-    if status is None or not status.ok:
-        pytest.skip(f"backend {backend!r} is not available: "
-                    f"{status.reason if status else 'unknown backend'}")
+    require_backend(backend)
     return node_test_methods(backend_test(backend))
 
 

@@ -143,9 +143,10 @@ class KernelBuilder:
             body: list[K.Stmt] = stmts + [K.Store(self.out, K.flat_index(list(idx), shape),
                                                   value)]
             inner = shape[2:] if outer is not None else shape
+            # every dim but the last is independent: "parallel" (a CPU splits the outermost
+            # across threads; a GPU maps the nest onto NDRange dimensions)
             for d in reversed(range(len(inner))):
-                last = d == len(inner) - 1
-                kind = "vector" if last else "parallel" if d == 0 and outer is None else "serial"
+                kind = "vector" if d == len(inner) - 1 else "parallel"
                 body = [K.Loop(loop_vars[d], K.Const(0), K.Const(inner[d]), body, kind)]
             if outer is not None:
                 body = [K.Loop(outer, K.Const(0), K.Const(shape[0] * shape[1]), body,

@@ -20,6 +20,43 @@ class Executable(ABC):
         ...
 
 
+class PerShapeExecutable(Executable):
+    """An executable compiled per concrete input shape: a graph with a symbolic batch is
+    specialised (``build``) on the first call with each batch size and kept. A subclass
+    builds objects with ``run(inputs)`` and ``profile(inputs, repeats)``."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.specialised: dict[tuple, Any] = {}
+        if graph.inputs and all(v.type.is_static for v in graph.inputs):
+            self.specialised[()] = self.build(graph)
+
+    @abstractmethod
+    def build(self, graph: Graph) -> Any:
+        """The compiled form of ``graph``, whose shapes are all concrete."""
+
+    def for_shapes(self, inputs: Sequence[np.ndarray]) -> Any:
+        from cnncompiler.ir.specialize import bind_symbols
+
+        bindings: dict[str, int] = {}
+        for v, x in zip(self.graph.inputs, inputs):
+            for d, size in zip(v.type.shape, x.shape):
+                if isinstance(d, str):
+                    bindings[d] = size
+        key = tuple(sorted(bindings.items()))
+        compiled = self.specialised.get(key)
+        if compiled is None:
+            graph = bind_symbols(self.graph, bindings) if bindings else self.graph
+            compiled = self.specialised[key] = self.build(graph)
+        return compiled
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return self.for_shapes(inputs).run(inputs)
+
+    def profile(self, inputs: Sequence[np.ndarray], repeats: int = 5):
+        return self.for_shapes(inputs).profile(inputs, repeats)
+
+
 class Backend(ABC):
     name: str = "?"
 

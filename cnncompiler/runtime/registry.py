@@ -14,6 +14,7 @@ from cnncompiler.runtime.backend import Backend
 BUILTIN_BACKENDS: dict[str, str] = {
     "reference": "cnncompiler.backends.reference:ReferenceBackend",
     "llvm": "cnncompiler.backends.llvm:LLVMBackend",
+    "opencl": "cnncompiler.backends.opencl:OpenCLBackend",
 }
 ENTRY_POINT_GROUP = "cnncompiler.backends"
 

@@ -1,0 +1,230 @@
+"""A compiled model on the OpenCL backend: one program holding every kernel of the optimised
+graph, an arena buffer laid out by the memory plan (each activation a sub-buffer of it),
+weights uploaded once, and an in-order queue. A call copies the inputs in, enqueues every
+kernel and copies the outputs out: host<->device traffic only at the model boundary.
+Shapes are specialised per batch size (compiled on first use), as on the LLVM backend."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from cnncompiler.backends.opencl.platform import DeviceInfo, open_device
+from cnncompiler.backends.opencl.render import (
+    MAX_DIMS,
+    RenderedKernel,
+    program_source,
+    render_kernel,
+)
+from cnncompiler.errors import CnnCompilerError, UnsupportedError
+from cnncompiler.ir.graph import Graph
+from cnncompiler.kernel.program import lower_graph
+from cnncompiler.runtime.backend import PerShapeExecutable
+from cnncompiler.runtime.profile import Profile, kernel_row
+
+#: build options every program gets: OpenCL C 1.2 and warnings as errors, so what PoCL
+#: accepts is what a strict GPU compiler accepts too
+BUILD_OPTIONS = ("-cl-std=CL1.2", "-Werror")
+
+
+def code_digest() -> str:
+    """sha256 of this package's sources (a changed renderer never loads stale binaries)."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+class DeviceContext:
+    """One device's context and profiling-enabled in-order queue, shared by the batch sizes
+    of a compiled model."""
+
+    def __init__(self, info: DeviceInfo, schedule: str):
+        self.info = info
+        self.cl, self.device = open_device(info)
+        cl = self.cl
+        self.context = cl.Context([self.device])
+        self.queue = cl.CommandQueue(self.context,
+                                     properties=cl.command_queue_properties.PROFILING_ENABLE)
+        self.schedule = schedule
+        # sub-buffer origins must be multiples of the device's base address alignment
+        self.alignment = max(64, self.device.mem_base_addr_align // 8)
+
+    @property
+    def cpu(self) -> bool:
+        return self.schedule == "cpu"
+
+
+class CompiledProgram:
+    """One static-shape graph on one device."""
+
+    def __init__(self, graph: Graph, device: DeviceContext, cache=None):
+        cl = device.cl
+        self.graph, self.device = graph, device
+        program = lower_graph(graph, device.alignment)
+        self.plan = program.plan
+        # a CPU device wants a few heavy work-items per core; a GPU one per row or element
+        rendered = [render_kernel(c.kernel, 1 if device.cpu else MAX_DIMS)
+                    for c in program.calls]
+        if any(k.uses_fp64 for k in rendered) and not device.info.fp64:
+            raise UnsupportedError(f"graph {graph.name!r} needs float64 kernels; OpenCL device "
+                                   f"{device.info.name!r} has no cl_khr_fp64")
+        # one program per kernel: PoCL built ResNet-18's kernels in 7 s one by one and in
+        # 32 s as one program; each is also its own binary-cache entry
+        self.sources = [program_source([k]) for k in rendered]
+        programs = [_build(device, source, cache) for source in self.sources]
+        ctx = device.context
+        flags = cl.mem_flags
+        self.arena = cl.Buffer(ctx, flags.READ_WRITE,
+                               max(self.plan.arena_bytes, 1) + device.alignment)
+        self.weights = [cl.Buffer(ctx, flags.READ_ONLY | flags.COPY_HOST_PTR, hostbuf=w)
+                        if w.nbytes else cl.Buffer(ctx, flags.READ_ONLY, 4)
+                        for w in program.weights]
+        scratch = max([k.scratch_bytes * k.work_items for k in rendered] + [0])
+        self.scratch = cl.Buffer(ctx, flags.READ_WRITE, scratch) if scratch else None
+        self._views: dict[tuple[int, int], object] = {}
+        self.launches = []
+        for call, kernel in zip(program.calls, rendered):
+            args = [self._view(b.offset, buf.size * _itemsize(buf.dtype)) if b.in_arena
+                    else self.weights[b.slot - 1]
+                    for b, buf in zip(call.bindings, call.kernel.buffers)]
+            if kernel.scratch_bytes:
+                args.append(self.scratch)
+            handle = cl.Kernel(programs[len(self.launches)], kernel.name)
+            handle.set_args(*args)
+            self.launches.append((handle, kernel, call))
+        self.inputs = [self._view(self.plan.offsets[v.name], _nbytes(v)) for v in graph.inputs]
+        self.outputs = [(self._view(self.plan.offsets[v.name], _nbytes(v)), v)
+                        for v in graph.outputs]
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Launch every kernel once on a zeroed arena. Drivers finish compiling a kernel at
+        its first launch (PoCL generates its work-group function then: most of a cold
+        compile); doing it here keeps that inside ``compile()``, where it is timed and
+        expected, rather than in the user's first call. Zeros are safe inputs for every
+        kernel (indices read from data are then 0; no kernel divides by an integer read)."""
+        cl, queue = self.device.cl, self.device.queue
+        cl.enqueue_fill_buffer(queue, self.arena, np.zeros(1, np.uint8), 0, self.arena.size)
+        for handle, kernel, _ in self.launches:
+            self._launch(handle, kernel)
+        queue.finish()
+
+    def _view(self, offset: int, nbytes: int):
+        """The sub-buffer of ``nbytes`` at ``offset`` in the arena (made once, shared)."""
+        key = (offset, max(nbytes, 1))
+        view = self._views.get(key)
+        if view is None:
+            view = self._views[key] = self.arena.get_sub_region(*key)
+        return view
+
+    def _launch(self, handle, kernel: RenderedKernel):
+        return self.device.cl.enqueue_nd_range_kernel(
+            self.device.queue, handle, kernel.global_size,
+            (1,) * len(kernel.global_size) if self.device.cpu else None)
+
+    def _feed(self, inputs: Sequence[np.ndarray]) -> None:
+        cl, queue = self.device.cl, self.device.queue
+        for buffer, x in zip(self.inputs, inputs):
+            if x.nbytes:
+                cl.enqueue_copy(queue, buffer, np.ascontiguousarray(x), is_blocking=False)
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        cl, queue = self.device.cl, self.device.queue
+        self._feed(inputs)
+        for handle, kernel, _ in self.launches:
+            self._launch(handle, kernel)
+        results = []
+        for buffer, v in self.outputs:
+            out = np.empty(v.type.shape, v.type.dtype.numpy)
+            if out.nbytes:
+                cl.enqueue_copy(queue, out, buffer, is_blocking=False)
+            results.append(out)
+        queue.finish()
+        return results
+
+    def profile(self, inputs: Sequence[np.ndarray], repeats: int = 5) -> Profile:
+        """Every kernel's device time from its profiling event (best of ``repeats``)."""
+        from cnncompiler.ops.registry import node_cost
+
+        self._feed(inputs)
+        best = [math.inf] * len(self.launches)
+        for _ in range(repeats):
+            events = [self._launch(handle, kernel) for handle, kernel, _ in self.launches]
+            self.device.queue.finish()
+            for i, event in enumerate(events):
+                best[i] = min(best[i], (event.profile.end - event.profile.start) * 1e-9)
+        rows = [kernel_row(call.node, call.output, t, node_cost(call.node, batch=1).flops)
+                for (_, _, call), t in zip(self.launches, best)]
+        return Profile(rows, *_peak(self.device))
+
+
+def _peak(device: DeviceContext) -> tuple[float | None, str]:
+    """A CPU device's FMA peak (its cores x the measured one-thread peak); unknown for
+    other devices, whose clock and FMA units OpenCL does not report reliably."""
+    if device.info.kind != "cpu":
+        return None, "device"
+    try:
+        from cnncompiler.backends.llvm.peak import peak_gflops
+    except ImportError:
+        return None, "device"
+    units = device.device.max_compute_units
+    return peak_gflops(threads=units), f"{units} OpenCL compute units"
+
+
+def _itemsize(dtype: str) -> int:
+    return {"f32": 4, "f64": 8, "i64": 8, "i1": 1}[dtype]
+
+
+def _nbytes(v) -> int:
+    return v.type.numel() * v.type.dtype.numpy.itemsize
+
+
+#: platforms with a persistent kernel cache of their own, keyed by source, options and
+#: device: PoCL's (``POCL_CACHE_DIR``) also keeps the code it generates at a kernel's first
+#: launch, and asking it for program binaries costs a second full code generation (ResNet-18
+#: took 41 s to build with our cache and 7 s without), so ours stays out of its way
+OWN_CACHE_PLATFORMS = ("Portable Computing Language",)
+
+
+def _build(device: DeviceContext, source: str, cache):
+    """The program built for the device: from our binary cache when an entry matches the
+    source, device, driver and options, else compiled (and stored)."""
+    cl = device.cl
+    info = device.info
+    if info.platform in OWN_CACHE_PLATFORMS:
+        cache = None
+    options = list(BUILD_OPTIONS)
+    key = hashlib.sha256("\0".join([source, info.platform, info.platform_version, info.name,
+                                    info.driver, " ".join(options), code_digest(),
+                                    cl.VERSION_TEXT]).encode()).hexdigest()
+    if cache is not None:
+        binary = cache.get(key)
+        if binary is not None:
+            try:
+                return cl.Program(device.context, [device.device], [binary]).build(options)
+            except cl.Error:
+                pass   # a binary the driver no longer accepts: compile from source
+    try:
+        program = cl.Program(device.context, source).build(options)
+    except cl.Error as e:
+        raise CnnCompilerError(f"the OpenCL compiler of {info.name!r} rejected the generated "
+                               f"program: {e}") from e
+    if cache is not None:
+        binaries = program.get_info(cl.program_info.BINARIES)
+        if binaries and binaries[0]:
+            cache.put(key, bytes(binaries[0]))
+    return program
+
+
+class OpenCLExecutable(PerShapeExecutable):
+    def __init__(self, graph: Graph, device: DeviceContext, cache=None):
+        self.device, self.cache = device, cache
+        super().__init__(graph)
+
+    def build(self, graph: Graph) -> CompiledProgram:
+        return CompiledProgram(graph, self.device, self.cache)
