@@ -79,12 +79,8 @@ def compile_or_skip(graph, backend: str):
     import pytest
 
     import cnncompiler
-    from cnncompiler.backends import available
 
-    status = available().get(backend)
-    if status is None or not status.ok:
-        pytest.skip(f"backend {backend!r} is not available: "
-                    f"{status.reason if status else 'unknown backend'}")
+    require_backend(backend)
     try:
         return cnncompiler.compile(graph, backend=backend)
     except UnsupportedError as e:

@@ -23,11 +23,12 @@ from onnx_models import (  # noqa: E402
 
 from cnncompiler.frontends.onnx import load  # noqa: E402
 
-BACKENDS = ["reference", "llvm"]
+BACKENDS = ["reference", "llvm", "opencl"]
 # models each backend runs without CNNC_FULL_CONFORMANCE=1 (None: all of them)
 DEFAULT_MODELS: dict[str, set[str] | None] = {
     "reference": None,
     "llvm": {"squeezenet", "resnet50", "inception_v1", "densenet121", "shufflenet"},
+    "opencl": {"squeezenet", "shufflenet"},
 }
 
 

@@ -4,8 +4,8 @@ the rapidocr-onnxruntime 1.4.4 wheel, run on scikit-image's scanned page, agains
 The wheel is installed with ``pip install --no-deps rapidocr-onnxruntime==1.4.4`` (.ci/run
 does so); its model files are located through package metadata, without importing it.
 
-Every backend runs the classifier; the llvm backend runs the detector only with
-``CNNC_FULL_CONFORMANCE=1`` (and is skipped, with its own message, while it lacks Resize).
+Every backend (reference, llvm, opencl) runs the classifier; the llvm backend runs the
+detector only with ``CNNC_FULL_CONFORMANCE=1``.
 """
 
 import importlib.metadata
@@ -60,7 +60,7 @@ def compare(path: str, x: np.ndarray, final_op: str, backend: str) -> list[float
 FULL_ONLY = pytest.mark.skipif(not FULL_CONFORMANCE, reason="runs with CNNC_FULL_CONFORMANCE=1")
 
 
-@pytest.mark.parametrize("backend", ["reference", "llvm"])
+@pytest.mark.parametrize("backend", ["reference", "llvm", "opencl"])
 def test_ppocr_direction_classifier_on_a_real_page(backend):
     path = model_path("ch_ppocr_mobile_v2.0_cls_infer.onnx")
     x = ((page_rgb(48, 192) - 0.5) / 0.5)[None].astype(np.float32)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cnncompiler.backends.opencl import prebuild
 from cnncompiler.backends.opencl.platform import DeviceInfo, open_device
 from cnncompiler.backends.opencl.render import (
     MAX_DIMS,
@@ -76,7 +77,6 @@ class CompiledProgram:
         # one program per kernel: PoCL built ResNet-18's kernels in 7 s one by one and in
         # 32 s as one program; each is also its own binary-cache entry
         self.sources = [program_source([k]) for k in rendered]
-        programs = [_build(device, source, cache) for source in self.sources]
         ctx = device.context
         flags = cl.mem_flags
         self.arena = cl.Buffer(ctx, flags.READ_WRITE,
@@ -87,32 +87,65 @@ class CompiledProgram:
         scratch = max([k.scratch_bytes * k.work_items for k in rendered] + [0])
         self.scratch = cl.Buffer(ctx, flags.READ_WRITE, scratch) if scratch else None
         self._views: dict[tuple[int, int], object] = {}
-        self.launches = []
-        for call, kernel in zip(program.calls, rendered):
+        self.launches = [(None, kernel, call) for call, kernel in zip(program.calls, rendered)]
+        self.inputs = [self._view(self.plan.offsets[v.name], _nbytes(v)) for v in graph.inputs]
+        self.outputs = [(self._view(self.plan.offsets[v.name], _nbytes(v)), v)
+                        for v in graph.outputs]
+        # Build every program and launch each kernel once on a zeroed arena. Drivers finish
+        # compiling a kernel at its first launch (PoCL generates its work-group function
+        # then: most of a cold compile); doing it here keeps that inside compile(), where it
+        # is timed and expected, rather than in the user's first call. Zeros are safe inputs
+        # for every kernel (indices read from data are then 0; no kernel divides by an
+        # integer it reads). A helper process takes part of a big cold build (prebuild).
+        cl.enqueue_fill_buffer(device.queue, self.arena, np.zeros(1, np.uint8), 0,
+                               self.arena.size)
+        theirs = self._helper_share(cache)
+        helper = prebuild.start_helper(device.info.platform_index, device.info.device_index,
+                                       BUILD_OPTIONS, [self._job(i) for i in theirs]) \
+            if theirs else None
+        mine = [i for i in range(len(rendered)) if i not in set(theirs)]
+        self._prepare(mine, cache)
+        prebuild.wait(helper)
+        self._prepare(theirs, cache)
+        device.queue.finish()
+
+    def _prepare(self, indices: Sequence[int], cache) -> None:
+        """Build kernels ``indices``, bind their buffers and launch each once."""
+        cl = self.device.cl
+        for i in indices:
+            _, kernel, call = self.launches[i]
             args = [self._view(b.offset, buf.size * _itemsize(buf.dtype)) if b.in_arena
                     else self.weights[b.slot - 1]
                     for b, buf in zip(call.bindings, call.kernel.buffers)]
             if kernel.scratch_bytes:
                 args.append(self.scratch)
-            handle = cl.Kernel(programs[len(self.launches)], kernel.name)
+            handle = cl.Kernel(_build(self.device, self.sources[i], cache), kernel.name)
             handle.set_args(*args)
-            self.launches.append((handle, kernel, call))
-        self.inputs = [self._view(self.plan.offsets[v.name], _nbytes(v)) for v in graph.inputs]
-        self.outputs = [(self._view(self.plan.offsets[v.name], _nbytes(v)), v)
-                        for v in graph.outputs]
-        self._warm_up()
-
-    def _warm_up(self) -> None:
-        """Launch every kernel once on a zeroed arena. Drivers finish compiling a kernel at
-        its first launch (PoCL generates its work-group function then: most of a cold
-        compile); doing it here keeps that inside ``compile()``, where it is timed and
-        expected, rather than in the user's first call. Zeros are safe inputs for every
-        kernel (indices read from data are then 0; no kernel divides by an integer read)."""
-        cl, queue = self.device.cl, self.device.queue
-        cl.enqueue_fill_buffer(queue, self.arena, np.zeros(1, np.uint8), 0, self.arena.size)
-        for handle, kernel, _ in self.launches:
+            self.launches[i] = (handle, kernel, call)
             self._launch(handle, kernel)
-        queue.finish()
+
+    def _helper_share(self, cache) -> list[int]:
+        """Kernels a helper process should build first (about half the source), or none:
+        only for big programs on a platform whose own cache then serves them to us."""
+        if (self.device.info.platform not in OWN_CACHE_PLATFORMS
+                or sum(map(len, self.sources)) < prebuild.PARALLEL_MIN_CHARS):
+            return []
+        order = sorted(range(len(self.sources)), key=lambda i: -len(self.sources[i]))
+        share, sizes = [], [0, 0]
+        for i in order:   # greedy halves by source size; the helper takes the second
+            side = 0 if sizes[0] <= sizes[1] else 1
+            sizes[side] += len(self.sources[i])
+            if side:
+                share.append(i)
+        return sorted(share)
+
+    def _job(self, i: int) -> prebuild.Job:
+        _, kernel, call = self.launches[i]
+        sizes = [buf.size * _itemsize(buf.dtype) for buf in call.kernel.buffers]
+        if kernel.scratch_bytes:
+            sizes.append(kernel.scratch_bytes * kernel.work_items)
+        return prebuild.Job(self.sources[i], kernel.name, tuple(sizes), kernel.global_size,
+                            self._local_size(kernel))
 
     def _view(self, offset: int, nbytes: int):
         """The sub-buffer of ``nbytes`` at ``offset`` in the arena (made once, shared)."""
@@ -122,10 +155,15 @@ class CompiledProgram:
             view = self._views[key] = self.arena.get_sub_region(*key)
         return view
 
+    def _local_size(self, kernel: RenderedKernel) -> tuple[int, ...] | None:
+        """One work-item per work-group on a CPU device (each is a heavy unit of the
+        schedule's parallel loop; the driver spreads work-groups over its cores); the
+        driver's choice on a GPU."""
+        return (1,) * len(kernel.global_size) if self.device.cpu else None
+
     def _launch(self, handle, kernel: RenderedKernel):
         return self.device.cl.enqueue_nd_range_kernel(
-            self.device.queue, handle, kernel.global_size,
-            (1,) * len(kernel.global_size) if self.device.cpu else None)
+            self.device.queue, handle, kernel.global_size, self._local_size(kernel))
 
     def _feed(self, inputs: Sequence[np.ndarray]) -> None:
         cl, queue = self.device.cl, self.device.queue
