@@ -66,7 +66,7 @@ class CompiledProgram:
     def __init__(self, graph: Graph, device: DeviceContext, cache=None):
         cl = device.cl
         self.graph, self.device = graph, device
-        program = lower_graph(graph, device.alignment)
+        program = lower_graph(graph, device.alignment, device.schedule)
         self.plan = program.plan
         # a CPU device wants a few heavy work-items per core; a GPU one per row or element
         rendered = [render_kernel(c.kernel, 1 if device.cpu else MAX_DIMS)

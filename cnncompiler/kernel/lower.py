@@ -53,8 +53,9 @@ class KernelBuilder:
     the values it reads from memory."""
 
     def __init__(self, node: Node, name: str, data: Mapping[str, np.ndarray] | None = None,
-                 output: int = 0):
+                 output: int = 0, target: str = "cpu"):
         self.node = node
+        self.target = target
         self.data = data or {}     # stored values' arrays (weights), for compile-time packing
         self.dropped: set[str] = set()
         self.name = name
@@ -113,6 +114,10 @@ class KernelBuilder:
 
     # -------------------------------------------------------------------- kernel
     def build(self) -> K.Kernel:
+        """The kernel, by the first schedule that takes the node. A ``"gpu"`` target skips
+        the CPU row schedules (a conv or FC row per parallel iteration: a few hundred heavy
+        work-items) for the generic nest, whose every dim but the last is parallel."""
+        cpu = self.target == "cpu"
         anchor = self.producers[self.output.name]
         first = self.members[0]
         if len(self.members) == 1 and anchor.op in ROW_KERNELS:
@@ -124,9 +129,9 @@ class KernelBuilder:
               and blocked_conv_problem(first, self.data_of(first.inputs[1]) is not None)
               is None):
             body = conv_nchwc(self, first)
-        elif first.op == "Conv" and first.inputs[0].name in self.buffers:
+        elif first.op == "Conv" and first.inputs[0].name in self.buffers and cpu:
             body = conv_rows(self, first)
-        elif first.op in ("Gemm", "MatMul") and self.takes_gemm_rows(first):
+        elif first.op in ("Gemm", "MatMul") and cpu and self.takes_gemm_rows(first):
             body = gemm_rows(self, first)
         else:
             shape = shape_of(self.output)
@@ -736,12 +741,18 @@ def _layout_problem(node: Node, m: Node, members: list[Node]) -> str | None:
     return blocked_conv_problem(m, w.is_stored)
 
 
+TARGETS = ("cpu", "gpu")
+
+
 def lower_node(node: Node, name: str, data: Mapping[str, np.ndarray] | None = None,
-               output: int = 0) -> K.Kernel:
+               output: int = 0, target: str = "cpu") -> K.Kernel:
     """The kernel computing output number ``output`` of ``node`` (a node with several
     outputs gets one kernel per output); ``data`` holds the graph's stored arrays (weights),
-    which schedules may repack at compile time."""
+    which schedules may repack at compile time; ``target`` picks the schedules (``"cpu"``:
+    few heavy parallel iterations; ``"gpu"``: many light ones)."""
+    if target not in TARGETS:
+        raise UnsupportedError(f"unknown kernel target {target!r}; known: {TARGETS}")
     if not 0 <= output < len(node.outputs):
         raise UnsupportedError(f"node '{node.name}' ({node.op}) has no output {output} "
                                f"(it has {len(node.outputs)})")
-    return KernelBuilder(node, name, data, output).build()
+    return KernelBuilder(node, name, data, output, target).build()

@@ -53,8 +53,9 @@ def ident(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name)
 
 
-def lower_graph(graph: Graph, alignment: int) -> GraphProgram:
-    """Every kernel of ``graph`` (static shapes) in schedule order, with its bindings.
+def lower_graph(graph: Graph, alignment: int, target: str = "cpu") -> GraphProgram:
+    """Every kernel of ``graph`` (static shapes) in schedule order, with its bindings;
+    ``target`` picks the schedules (see :func:`~cnncompiler.kernel.lower.lower_node`).
 
     The memory plan never reuses an input's bytes for an output (``inplace=False``): kernels
     declare their buffers non-aliasing (LLVM ``noalias``, OpenCL ``restrict``).
@@ -78,7 +79,7 @@ def lower_graph(graph: Graph, alignment: int) -> GraphProgram:
         several = len(node.outputs) > 1   # one kernel per output (Split)
         for k, out in enumerate(node.outputs):
             name = f"k{i}_{ident(node.name)}" + (f"_out{k}" if several else "")
-            kernel = lower_node(node, name, graph.data, output=k)
+            kernel = lower_node(node, name, graph.data, output=k, target=target)
             bindings = [weight(v) if values[v].is_stored else Binding(0, plan.offsets[v])
                         for v in kernel.inputs]
             bindings.append(Binding(0, plan.offsets[out.name]))
