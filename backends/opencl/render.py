@@ -152,6 +152,8 @@ class _KernelRenderer:
         self.safe_memo: dict[int, bool] = {}
         self.scope: dict[str, str] = {}     # variable name -> dtype
         self.declared: list[dict[str, str]] = [{}]   # names declared per open C block
+        self.counters: set[str] = set()     # loop counters known to be >= 0
+        self.nonneg_memo: dict[int, bool] = {}   # valid while ``counters`` is unchanged
         self.names: dict[int, str] = {}     # id(Buffer) -> C name
         self.buffer_types: dict[int, str] = {}
         self.scratch_bytes = 0
@@ -188,6 +190,8 @@ class _KernelRenderer:
             self.out.line(f"const long {var} = {start}L + (long)get_global_id({d});")
             self.out.line(f"if ({var} >= {stop}L) return;")
             self.scope[var] = "i64"
+            if start >= 0:
+                self.counters.add(var)
         if grid:   # the work-item's position in the whole range, for scratch slices
             terms = [f"(long)get_global_id({d})" for d in range(len(grid))]
             flat = terms[0]
@@ -291,10 +295,15 @@ class _KernelRenderer:
             #                         warns, and programs are built with -Werror)
             self.out.lines.append("#ifdef __clang__\n#pragma clang loop unroll(disable)\n"
                                   "#endif")
-        saved = dict(self.scope)
+        saved, counters = dict(self.scope), set(self.counters)
         self.scope[var] = "i64"
+        if self.nonneg(s.start):
+            self.counters.add(var)
+        else:
+            self.counters.discard(var)
+        self.nonneg_memo = {}
         self.nested(f"for (long {var} = {start}; {var} < {stop}; ++{var}) {{", s.body)
-        self.scope = saved
+        self.scope, self.counters, self.nonneg_memo = saved, counters, {}
 
     def local(self, buf: K.Buffer) -> None:
         if id(buf) in self.names:
@@ -411,6 +420,8 @@ class _KernelRenderer:
         if op in ("max", "min"):
             return f"{op}({x}, {y})"
         if op in _INT_DIV:
+            if self.nonneg(e.a) and self.nonneg(e.b):   # C's truncation is the floor then
+                return f"{x} {'%' if op == '%' else '/'} {y}"
             fn = "cnnc_floormod" if op == "%" else "cnnc_floordiv"
             return f"{fn}({x}, {y})"
         raise self.error(f"unsupported integer operator {op!r}")
@@ -467,6 +478,21 @@ class _KernelRenderer:
             self.out.line("}")
         self.memo = memo
         return name
+
+    def nonneg(self, e: K.Expr) -> bool:
+        """Whether integer ``e`` is provably >= 0: constants, counters of loops starting
+        at >= 0, and sums, products, quotients and remainders of those (index arithmetic)."""
+        if isinstance(e, K.Const):
+            return e.dtype == "i64" and int(e.value) >= 0
+        if isinstance(e, K.Var):
+            return e.name in self.counters
+        known = self.nonneg_memo.get(id(e))
+        if known is None:
+            known = (isinstance(e, K.Bin) and e.dtype == "i64"
+                     and e.op in ("+", "*", "//", "/", "%", "max", "min")
+                     and self.nonneg(e.a) and self.nonneg(e.b))
+            self.nonneg_memo[id(e)] = known
+        return known
 
     def speculatable(self, e: K.Expr) -> bool:
         """Whether evaluating ``e`` eagerly can never fault."""
