@@ -37,6 +37,11 @@ class GraphBuilder:
         taken.add(name)
         return name
 
+    @property
+    def nodes(self) -> list[Node]:
+        """The nodes appended so far, in order."""
+        return list(self._nodes)
+
     def is_taken(self, name: str, space: str = "value") -> bool:
         return name in self._taken[space]
 

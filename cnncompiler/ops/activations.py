@@ -88,3 +88,31 @@ PRELU = register(OpDef(
     flops=elementwise_flops(2), fusion=FusionKind.ELEMENTWISE,
     scalar=lambda xs, a: K.select(xs[0].ge(0.0), xs[0], xs[0] * xs[1]),
 ))
+
+
+# ---------------------------------------------------------------------- gradients
+def _relu_grad(b, node, grads):
+    from cnncompiler.ops.gradients import scalar
+
+    (g,), (x,) = grads, node.inputs
+    zero = scalar(b, 0.0, x)
+    return [b.op("Where", b.op("Greater", x, zero), g, zero)]
+
+
+def _sigmoid_grad(b, node, grads):
+    """g * y * (1 - y), from the output y."""
+    from cnncompiler.ops.gradients import scalar
+
+    (g,), y = grads, node.outputs[0]
+    return [b.op("Mul", b.op("Mul", g, y), b.op("Sub", scalar(b, 1.0, y), y))]
+
+
+def _tanh_grad(b, node, grads):
+    """g * (1 - y^2), from the output y."""
+    from cnncompiler.ops.gradients import scalar
+
+    (g,), y = grads, node.outputs[0]
+    return [b.op("Mul", g, b.op("Sub", scalar(b, 1.0, y), b.op("Mul", y, y)))]
+
+
+RELU.grad, SIGMOID.grad, TANH.grad = _relu_grad, _sigmoid_grad, _tanh_grad

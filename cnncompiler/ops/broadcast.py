@@ -53,3 +53,41 @@ MUL = binary("Mul", "A * B with numpy broadcasting", np.multiply, scalar=lambda 
 DIV = binary("Div", "A / B with numpy broadcasting (integer inputs divide toward zero)",
              lambda a, b: np.divide(a, b) if a.dtype.kind == "f"
              else (np.trunc(a / b)).astype(a.dtype), scalar=lambda a, b: a / b)
+
+
+# ---------------------------------------------------------------------- gradients
+def _add_grad(b, node, grads):
+    (g,) = grads
+    from cnncompiler.ops.gradients import unbroadcast
+
+    return [unbroadcast(b, g, v) for v in node.inputs]
+
+
+def _sub_grad(b, node, grads):
+    (g,) = grads
+    from cnncompiler.ops.gradients import unbroadcast
+
+    x, y = node.inputs
+    return [unbroadcast(b, g, x), unbroadcast(b, b.op("Neg", g), y)]
+
+
+def _mul_grad(b, node, grads):
+    (g,) = grads
+    from cnncompiler.ops.gradients import unbroadcast
+
+    x, y = node.inputs
+    return [unbroadcast(b, b.op("Mul", g, y), x), unbroadcast(b, b.op("Mul", g, x), y)]
+
+
+def _div_grad(b, node, grads):
+    """d(x/y) = g/y, -g x/y^2 = -(g/y) * out / y ... written as -(g * out) / y."""
+    (g,) = grads
+    from cnncompiler.ops.gradients import unbroadcast
+
+    x, y = node.inputs
+    gx = b.op("Div", g, y)
+    gy = b.op("Neg", b.op("Div", b.op("Mul", g, node.outputs[0]), y))
+    return [unbroadcast(b, gx, x), unbroadcast(b, gy, y)]
+
+
+ADD.grad, SUB.grad, MUL.grad, DIV.grad = _add_grad, _sub_grad, _mul_grad, _div_grad

@@ -115,3 +115,41 @@ CONV = register(OpDef(
     flops=layout_flops(_conv_flops),
     fusion=FusionKind.OUTPUT_FUSABLE,
 ))
+
+
+# ---------------------------------------------------------------------- gradients
+def _conv_grad(b, node, grads):
+    """dX is the transposed conv of g with the same filters (output_padding restores the
+    rows a floor-rounded conv dropped); dW correlates X with g: a conv of X's channels (as
+    the batch) with g's (as filters), strides and dilations swapped, cut to the filter
+    extent; dB sums g over batch and space."""
+    from cnncompiler.errors import UnsupportedError
+
+    (g,) = grads
+    x, w = node.inputs[0], node.inputs[1]
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    a = node.attrs
+    (sh, sw), (dh, dw), pads, group = a["strides"], a["dilations"], a["pads"], a["group"]
+    (h, wd), (fh, fw), (oh, ow) = x.type.shape[2:], w.type.shape[2:], g.type.shape[2:]
+    if any(isinstance(d, str) for d in (*x.type.shape, *g.type.shape)):
+        raise UnsupportedError(f"node '{node.name}' (Conv): gradients need concrete shapes "
+                               "(pin the batch size)")
+    rh = h + pads[0] + pads[2] - dh * (fh - 1) - 1 - (oh - 1) * sh
+    rw = wd + pads[1] + pads[3] - dw * (fw - 1) - 1 - (ow - 1) * sw
+    dx = b.op("ConvTranspose", g, w, strides=(sh, sw), pads=pads, dilations=(dh, dw),
+              group=group, output_padding=(rh, rw))
+    if group != 1:
+        raise UnsupportedError(f"node '{node.name}' (Conv): the filter gradient of a "
+                               f"grouped conv (group {group}) is not implemented yet")
+    xt = b.op("Transpose", x, perm=(1, 0, 2, 3))
+    gt = b.op("Transpose", g, perm=(1, 0, 2, 3))
+    corr = b.op("Conv", xt, gt, strides=(dh, dw), pads=pads, dilations=(sh, sw),
+                rounding="floor")
+    if corr.type.shape[2:] != (fh, fw):
+        corr = b.op("Slice", corr, starts=(0, 0), ends=(fh, fw), axes=(2, 3))
+    dw_ = b.op("Transpose", corr, perm=(1, 0, 2, 3))
+    db = None if bias is None else b.op("ReduceSum", g, axes=(0, 2, 3), keepdims=False)
+    return [dx, dw_, db]
+
+
+CONV.grad = _conv_grad

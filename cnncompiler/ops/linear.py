@@ -120,3 +120,38 @@ MATMUL = register(OpDef(
     flops=_matmul_flops,
     fusion=FusionKind.OUTPUT_FUSABLE,
 ))
+
+
+# ---------------------------------------------------------------------- gradients
+def _gemm_grad(b, node, grads):
+    """Y = alpha A'B' + beta C with A' = A or A^T, B' = B or B^T:
+    dA' = alpha g B'^T, dB' = alpha A'^T g, dC = beta g summed to C's shape. Each is one
+    Gemm with the transposes folded into its flags."""
+    from cnncompiler.ops.gradients import mul_scalar, unbroadcast
+
+    (g,) = grads
+    a, bb = node.inputs[0], node.inputs[1]
+    c = node.inputs[2] if len(node.inputs) > 2 else None
+    alpha, beta = node.attrs["alpha"], node.attrs["beta"]
+    ta, tb = node.attrs["transA"], node.attrs["transB"]
+    da = (b.op("Gemm", g, bb, alpha=alpha, transB=not tb) if not ta
+          else b.op("Gemm", bb, g, alpha=alpha, transA=tb, transB=True))
+    db = (b.op("Gemm", a, g, alpha=alpha, transA=not ta) if not tb
+          else b.op("Gemm", g, a, alpha=alpha, transA=True, transB=ta))
+    dc = None if c is None else mul_scalar(b, unbroadcast(b, g, c), beta)
+    return [da, db, dc]
+
+
+def _matmul_grad(b, node, grads):
+    """2-D A @ B: dA = g B^T, dB = A^T g."""
+    from cnncompiler.errors import UnsupportedError
+
+    (g,) = grads
+    a, bb = node.inputs
+    if a.type.rank != 2 or bb.type.rank != 2:
+        raise UnsupportedError(f"node '{node.name}' (MatMul): gradients of batched (N-D) "
+                               "MatMul are not implemented yet")
+    return [b.op("Gemm", g, bb, transB=True), b.op("Gemm", a, g, transA=True)]
+
+
+GEMM.grad, MATMUL.grad = _gemm_grad, _matmul_grad

@@ -324,3 +324,19 @@ WHERE = register(OpDef(
     flops=elementwise_flops(1), fusion=FusionKind.BROADCAST,
     scalar=lambda xs, attrs: K.select(xs[0], xs[1], xs[2]),
 ))
+
+
+# ---------------------------------------------------------------------- gradients
+def _neg_grad(b, node, grads):
+    return [b.op("Neg", grads[0])]
+
+
+def _exp_grad(b, node, grads):
+    return [b.op("Mul", grads[0], node.outputs[0])]
+
+
+def _log_grad(b, node, grads):
+    return [b.op("Div", grads[0], node.inputs[0])]
+
+
+NEG.grad, EXP.grad, LOG.grad = _neg_grad, _exp_grad, _log_grad

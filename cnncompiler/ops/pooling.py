@@ -163,3 +163,36 @@ GLOBAL_MAX_POOL = register(OpDef(
     flops=layout_flops(_global_flops),
     fusion=FusionKind.REDUCTION,
 ))
+
+
+# ---------------------------------------------------------------------- gradients
+def _average_pool_grad(b, node, grads):
+    """Each window's gradient spread evenly over its cells: a depthwise transposed conv
+    with a constant 1/(kh kw) filter (exact where every divisor is the window area: no
+    padding, or count_include_pad)."""
+    from cnncompiler.errors import UnsupportedError
+
+    (g,), x, a = grads, node.inputs[0], node.attrs
+    if any(a["pads"]) and not a["count_include_pad"]:
+        raise UnsupportedError(f"node '{node.name}' (AveragePool): the gradient with padding "
+                               "excluded from the divisor is not implemented yet")
+    c, (h, w), (kh, kw), (sh, sw) = x.type.shape[1], x.type.shape[2:], a["kernel_shape"], \
+        a["strides"]
+    (oh, ow), pads = g.type.shape[2:], a["pads"]
+    rh = h + pads[0] + pads[2] - kh - (oh - 1) * sh
+    rw = w + pads[1] + pads[3] - kw - (ow - 1) * sw
+    ones = b.const(np.full((c, 1, kh, kw), 1.0 / (kh * kw), x.type.dtype.numpy), "pool_grad")
+    return [b.op("ConvTranspose", g, ones, strides=(sh, sw), pads=pads, group=c,
+                 output_padding=(rh, rw))]
+
+
+def _global_average_pool_grad(b, node, grads):
+    from cnncompiler.ops.gradients import mul_scalar
+
+    (g,), x = grads, node.inputs[0]
+    h, w = x.type.shape[2:]
+    return [mul_scalar(b, b.op("Expand", g, shape=(1, 1, h, w)), 1.0 / (h * w))]
+
+
+AVERAGE_POOL.grad = _average_pool_grad
+GLOBAL_AVERAGE_POOL.grad = _global_average_pool_grad

@@ -165,3 +165,34 @@ ARG_MIN = register(OpDef(
     attrs=ARG_ATTRS, infer=_arg_infer, reference=_arg_reference(np.argmin),
     flops=_input_flops(1), fusion=FusionKind.REDUCTION, outputs=("reduced",),
 ))
+
+
+# ---------------------------------------------------------------------- gradients
+def _spread(b, node, g):
+    """The output gradient broadcast back over the reduced axes of the input."""
+    x = node.inputs[0]
+    ctx = InferContext(node.op, node.name, [x.type], node.attrs)
+    axes = reduce_axes(ctx, x.type.rank)
+    if axes and not node.attrs["keepdims"]:
+        g = b.op("Unsqueeze", g, axes=axes)
+    shape = tuple(1 if isinstance(d, str) else d for d in x.type.shape)
+    return b.op("Expand", g, shape=shape), axes
+
+
+def _reduce_sum_grad(b, node, grads):
+    return [_spread(b, node, grads[0])[0]]
+
+
+def _reduce_mean_grad(b, node, grads):
+    from cnncompiler.errors import UnsupportedError
+    from cnncompiler.ops.gradients import mul_scalar
+
+    g, axes = _spread(b, node, grads[0])
+    dims = [node.inputs[0].type.shape[a] for a in axes]
+    if any(isinstance(d, str) for d in dims):
+        raise UnsupportedError(f"node '{node.name}' (ReduceMean): the gradient of a mean "
+                               "over a symbolic axis needs the batch size pinned")
+    return [mul_scalar(b, g, 1.0 / math.prod(dims))]
+
+
+REDUCE_SUM.grad, REDUCE_MEAN.grad = _reduce_sum_grad, _reduce_mean_grad

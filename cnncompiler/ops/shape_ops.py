@@ -362,3 +362,22 @@ PAD = register(OpDef(
     reference=_pad_reference,
     fusion=FusionKind.INJECTIVE,
 ))
+
+
+# ---------------------------------------------------------------------- gradients
+def _reshape_back(b, node, grads):
+    """Flatten/Reshape: the gradient is the output gradient in the input's shape (a
+    symbolic batch dim is copied from the gradient)."""
+    (g,), x = grads, node.inputs[0]
+    shape = tuple(0 if isinstance(d, str) else d for d in x.type.shape)
+    return [b.op("Reshape", g, shape=shape)] + [None] * (len(node.inputs) - 1)
+
+
+def _transpose_grad(b, node, grads):
+    perm = node.attrs["perm"] or tuple(reversed(range(node.inputs[0].type.rank)))
+    inverse = tuple(sorted(range(len(perm)), key=lambda i: perm[i]))
+    return [b.op("Transpose", grads[0], perm=inverse)]
+
+
+FLATTEN.grad = RESHAPE.grad = _reshape_back
+TRANSPOSE.grad = _transpose_grad

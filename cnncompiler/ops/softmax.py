@@ -58,3 +58,21 @@ def _register(name: str, doc: str, fn: Callable[[np.ndarray, int], np.ndarray]) 
 
 SOFTMAX = _register("Softmax", "exp(x) / sum(exp(x)) along axis", _softmax)
 LOG_SOFTMAX = _register("LogSoftmax", "x - log(sum(exp(x))) along axis", _log_softmax)
+
+
+# ---------------------------------------------------------------------- gradients
+def _softmax_grad(b, node, grads):
+    """y (g - sum(g y)) along the axis, from the output y."""
+    (g,), y, axis = grads, node.outputs[0], node.attrs["axis"]
+    dot = b.op("ReduceSum", b.op("Mul", g, y), axes=(axis,), keepdims=True)
+    return [b.op("Mul", y, b.op("Sub", g, dot))]
+
+
+def _log_softmax_grad(b, node, grads):
+    """g - softmax(x) sum(g) along the axis; softmax(x) = exp(y) from the output y."""
+    (g,), y, axis = grads, node.outputs[0], node.attrs["axis"]
+    total = b.op("ReduceSum", g, axes=(axis,), keepdims=True)
+    return [b.op("Sub", g, b.op("Mul", b.op("Exp", y), total))]
+
+
+SOFTMAX.grad, LOG_SOFTMAX.grad = _softmax_grad, _log_softmax_grad
