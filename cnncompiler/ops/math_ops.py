@@ -340,3 +340,14 @@ def _log_grad(b, node, grads):
 
 
 NEG.grad, EXP.grad, LOG.grad = _neg_grad, _exp_grad, _log_grad
+
+
+def _sqrt_grad(b, node, grads):
+    """g / (2 sqrt(x)), from the output."""
+    from cnncompiler.ops.gradients import scalar
+
+    y = node.outputs[0]
+    return [b.op("Div", grads[0], b.op("Mul", y, scalar(b, 2.0, y)))]
+
+
+SQRT.grad = _sqrt_grad
