@@ -440,6 +440,9 @@ class _Worker:
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             env[var] = threads  # numpy's BLAS (reference backend) gets the same thread count
         env["CNNC_CACHE_DIR"] = os.path.join(own, "cache")  # empty: the first compile is cold
+        # drivers' own kernel caches too: the OpenCL backend puts PoCL's under CNNC_CACHE_DIR
+        # unless POCL_CACHE_DIR is set (as it is in this process once OpenCL was queried)
+        env.pop("POCL_CACHE_DIR", None)
         self._err = open(self.err_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cnncompiler.bench", "--cell", json.dumps(spec)],

@@ -1,13 +1,13 @@
-"""Cold compiles on two cores: a helper process builds and launches part of the kernels.
+"""Cold compiles on two cores: a helper process does half of the kernels' first launches.
 
-An OpenCL driver compiles on the calling thread, one kernel at a time, and PoCL finishes a
-kernel's code only at its first launch; a cold ResNet-50 took 46 s that way. Drivers with a
-persistent kernel cache (PoCL's ``POCL_CACHE_DIR``) let another process do part of that work:
-a fresh interpreter (``python -P -m`` this module, which never re-runs the user's script)
-builds its share of the programs and launches each kernel once on zeroed buffers of the
-right sizes, the way the model's warm-up will, while this process compiles the rest. The
-model's own builds and warm-up launches of that share then hit the cache. Any failure of
-the helper (no process support, a sandbox, a crash) only costs the time it saved.
+An OpenCL driver compiles on the calling thread, and PoCL generates a kernel's machine code
+only at its first launch, one kernel at a time; a cold ResNet-50 took 46 s that way. Drivers
+with a persistent kernel cache (PoCL's ``POCL_CACHE_DIR``) let another process do part of
+that work: a fresh interpreter (``python -P -m`` this module, which never re-runs the user's
+script) builds the program too and launches its share of the kernels once on zeroed buffers
+of the right sizes, the way the model's warm-up will, while this process does the rest. The
+model's own warm-up launches of that share then hit the cache. Any failure of the helper (no
+process support, a sandbox, a crash) only costs the time it saved.
 """
 
 from __future__ import annotations
@@ -68,8 +68,12 @@ def run_jobs(platform_index: int, device_index: int, options: list[str],
     device = cl.get_platforms()[platform_index].get_devices()[device_index]
     context = cl.Context([device])
     queue = cl.CommandQueue(context)
+    programs: dict[str, object] = {}
     for job in map(lambda fields: Job(*fields), jobs):
-        kernel = cl.Kernel(cl.Program(context, job.source).build(options), job.name)
+        program = programs.get(job.source)
+        if program is None:
+            program = programs[job.source] = cl.Program(context, job.source).build(options)
+        kernel = cl.Kernel(program, job.name)
         buffers = []
         for nbytes in job.buffer_bytes:
             buf = cl.Buffer(context, cl.mem_flags.READ_WRITE, max(nbytes, 1))
