@@ -10,7 +10,6 @@ import threading
 import time
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -19,50 +18,11 @@ from cnncompiler.errors import UnsupportedError
 from cnncompiler.ir.graph import Graph
 from cnncompiler.ir.specialize import bind_symbols
 from cnncompiler.kernel import ir as K
-from cnncompiler.kernel.lower import lower_node
-from cnncompiler.passes.memory import plan_memory
-from cnncompiler.runtime.backend import Executable
+from cnncompiler.kernel.program import ident, lower_graph
+from cnncompiler.runtime.backend import PerShapeExecutable
+from cnncompiler.runtime.profile import Profile, kernel_row
 
 ALIGN = 64
-
-
-@dataclass
-class ProfileRow:
-    node: str
-    kind: str
-    seconds: float
-    flops: int
-
-    @property
-    def gflops(self) -> float:
-        return self.flops / self.seconds / 1e9 if self.seconds > 0 else 0.0
-
-
-@dataclass
-class Profile:
-    """Per-kernel times; ``peak`` is this CPU's FMA peak in GFLOP/s for one thread (each
-    kernel is timed alone, on one thread), as measured by :mod:`.peak` (the nominal
-    formula where measuring failed; None when neither is known)."""
-
-    rows: list[ProfileRow]
-    peak: float | None
-
-    @property
-    def seconds(self) -> float:
-        return sum(r.seconds for r in self.rows)
-
-    def __str__(self) -> str:
-        width = max([len(r.node) for r in self.rows] + [4])
-        lines = [f"{'kernel':<{width}}  {'ops':<32} {'ms':>8} {'GFLOP/s':>8} {'% peak':>7}"]
-        for r in self.rows:
-            pct = f"{100 * r.gflops / self.peak:6.1f}%" if self.peak else "    n/a"
-            lines.append(f"{r.node:<{width}}  {r.kind[:32]:<32} {r.seconds * 1e3:8.3f} "
-                         f"{r.gflops:8.1f} {pct}")
-        total_flops = sum(r.flops for r in self.rows)
-        rate = total_flops / self.seconds / 1e9 if self.seconds else 0.0
-        peak = f"{self.peak:.0f} GFLOP/s FMA peak (1 thread)" if self.peak else "peak unknown"
-        lines.append(f"total {self.seconds * 1e3:.2f} ms, {rate:.1f} GFLOP/s; {peak}")
-        return "\n".join(lines)
 
 
 #: below this much work per thread a model runs on one thread: waking a second thread and
@@ -91,47 +51,23 @@ class CompiledGraph:
         self.graph = graph
         self.threads = threads if _work_flops(graph) >= MIN_FLOPS_PER_THREAD * threads else 1
         threads = self.threads
-        # no in-place reuse: kernels declare their buffers noalias
-        self.plan = plan_memory(graph, batch=1, alignment=ALIGN, inplace=False)
-        # weights, then compile-time tables, are passed as args[1:]; a weight only a
-        # repacked table reads (conv filters in a blocked layout) is not passed at all
-        self.weights: list[np.ndarray] = []
-        weight_arg: dict[str, int] = {}
-
-        def weight(name: str) -> int:
-            if name not in weight_arg:
-                self.weights.append(np.ascontiguousarray(graph.data[name]))
-                weight_arg[name] = len(self.weights)
-            return weight_arg[name]
-
-        values = graph.values
-        kernels, calls = [], []
+        # weights, then compile-time tables, are passed as args[1:] (binding slot k is
+        # args[k]; slot 0 is the arena); a weight only a repacked table reads (conv filters
+        # in a blocked layout) is not passed at all
+        program = lower_graph(graph, ALIGN)
+        self.plan, self.weights = program.plan, program.weights
+        kernels = [call.kernel for call in program.calls]
+        calls = [(call.kernel.name, [(b.slot, b.offset) for b in call.bindings])
+                 for call in program.calls]
         # (kernel name, its args, node, which output of the node it computes)
-        self.kernel_nodes: list[tuple[str, list[tuple[int, int]], object, int]] = []
-        for i, node in enumerate(graph.nodes):
-            out = node.outputs[0]
-            if node.opdef.view and self.plan.offsets.get(out.name) == self.plan.offsets.get(
-                    node.inputs[0].name):
-                continue  # the output aliases the input buffer: nothing to do
-            several = len(node.outputs) > 1   # one kernel per output (Split)
-            for k, out in enumerate(node.outputs):
-                kname = f"k{i}_{_ident(node.name)}" + (f"_out{k}" if several else "")
-                kernel = lower_node(node, kname, graph.data, output=k)
-                kernels.append(kernel)
-                args = [(weight(name), 0) if values[name].is_stored
-                        else (0, self.plan.offsets[name]) for name in kernel.inputs]
-                args.append((0, self.plan.offsets[out.name]))
-                for array in kernel.tables.values():   # compile-time tables travel like weights
-                    self.weights.append(array)
-                    args.append((len(self.weights), 0))
-                calls.append((kernel.name, args))
-                self.kernel_nodes.append((kernel.name, args, node, k))
+        self.kernel_nodes = [(name, args, call.node, call.output)
+                             for (name, args), call in zip(calls, program.calls)]
         self.calls = calls   # kept for AOT export
         threaded = threads > 1
 
         self.engine = engine_factory()
         objects = model_objects(self.engine, kernels, calls, 1 + len(self.weights), threaded,
-                                _ident(graph.name), cache)
+                                ident(graph.name), cache)
         self.engine.load_objects(objects, [k.name for k in kernels] + ["run_model"])
         self.kernels: list[K.Kernel] | None = kernels if keep_kernels else None
         if threaded:
@@ -169,7 +105,7 @@ class CompiledGraph:
                 start = time.perf_counter()
                 fn(*pointers)
                 best[i] = min(best[i], time.perf_counter() - start)
-        rows = [_row(node, k, t, node_cost(node, batch=1).flops)
+        rows = [kernel_row(node, k, t, node_cost(node, batch=1).flops)
                 for (_, _, node, k), t in zip(kernels, best)]
         return Profile(rows, peak_gflops(threads=1))
 
@@ -186,22 +122,6 @@ class CompiledGraph:
             self._entry(self._args)
         return [self._view(v.name, v.type.shape, v.type.dtype.numpy).copy()
                 for v in self.graph.outputs]
-
-
-def _row(node, k: int, seconds: float, flops: int) -> ProfileRow:
-    """The profile row of the kernel computing output ``k`` of ``node``: a node with several
-    outputs has one row per output (``name[k]``), each with its outputs' share of the FLOPs
-    (by element count)."""
-    kind = node.attrs.get("kind", node.op)
-    if len(node.outputs) == 1:
-        return ProfileRow(node.name, kind, seconds, flops)
-    sizes = [v.type.numel() for v in node.outputs]
-    return ProfileRow(f"{node.name}[{k}]", kind, seconds,
-                      flops * sizes[k] // max(1, sum(sizes)))
-
-
-def _ident(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name)
 
 
 #: stack of each helper thread of a ThreadTeam
@@ -297,35 +217,15 @@ class ThreadTeam:
             event.set()
 
 
-class LLVMExecutable(Executable):
+class LLVMExecutable(PerShapeExecutable):
     def __init__(self, graph: Graph, engine_factory, threads: int = 1, cache=None):
-        self.graph = graph
         self.engine_factory = engine_factory
         self.threads = threads
         self.cache = cache
-        self.specialised: dict[tuple, CompiledGraph] = {}
-        if graph.inputs and all(v.type.is_static for v in graph.inputs):
-            self.specialised[()] = CompiledGraph(graph, engine_factory, threads, cache)
+        super().__init__(graph)
 
-    def for_shapes(self, inputs: Sequence[np.ndarray]) -> CompiledGraph:
-        bindings: dict[str, int] = {}
-        for v, x in zip(self.graph.inputs, inputs):
-            for d, size in zip(v.type.shape, x.shape):
-                if isinstance(d, str):
-                    bindings[d] = size
-        key = tuple(sorted(bindings.items()))
-        compiled = self.specialised.get(key)
-        if compiled is None:
-            graph = bind_symbols(self.graph, bindings) if bindings else self.graph
-            compiled = self.specialised[key] = CompiledGraph(graph, self.engine_factory,
-                                                             self.threads, self.cache)
-        return compiled
-
-    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        return self.for_shapes(inputs).run(inputs)
-
-    def profile(self, inputs: Sequence[np.ndarray], repeats: int = 5) -> Profile:
-        return self.for_shapes(inputs).profile(inputs, repeats)
+    def build(self, graph: Graph) -> CompiledGraph:
+        return CompiledGraph(graph, self.engine_factory, self.threads, self.cache)
 
     def export(self, path, batch: int | None = None) -> dict[str, str]:
         """AOT: a shared library + C header + weights file (see :mod:`.aot`)."""
