@@ -299,6 +299,73 @@ def lower_pool(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
     return [K.Declare(acc, init), *extra, loop], result
 
 
+def lower_max_pool_grad(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
+    """MaxPoolGrad's dX[n, c, h, w] (NCHW), gathered rather than scattered so each output
+    element is written once: every window (oh, ow) that holds (h, w) adds its dY when
+    X[n, c, h, w] is the window's first max: it equals Y and every earlier tap of the window
+    (row-major; padding never counts) is below Y.
+
+    Finding the windows, per axis (p = h + pad, the padded position; F the window extent):
+    where windows do not overlap (S >= F) the one candidate is p // S, holding the cell if
+    p % S < F; where they overlap, each kernel tap i gives the candidate (p - i*D) / S,
+    holding the cell if that divides exactly, which keeps the cell's tap a constant. Every
+    loop has constant bounds (LLVM unrolls them) and the earlier-tap test is a branch-free
+    max over the window's taps."""
+    x, y, dy = node.inputs
+    xs, ys = shape_of(x), shape_of(y)
+    a = node.attrs
+    kernel, strides, pads, dils = a["kernel_shape"], a["strides"], a["pads"][:2], \
+        a.get("dilations") or (1, 1)
+    dtype = kdtype(node.outputs[0])
+    n, c, h, w = idx
+    loops: list[tuple[K.Var, int]] = []   # (variable, trip count), outermost first
+    holds: list[K.Expr] = []
+    where, taps = [], []                   # per axis: the window index, the cell's tap
+    for pos, k, s, p, d, out in zip((h, w), kernel, strides, pads, dils, ys[2:]):
+        extent = (k - 1) * d + 1
+        if s >= extent:
+            win, offset = (pos + p) // s, (pos + p) % s
+            holds += [win.lt(out), offset.lt(extent)]
+            if d > 1:   # a dilated window skips the cells between its taps
+                holds.append((offset % d).eq(0))
+        else:
+            i = kb.fresh("tap")
+            loops.append((i, k))
+            offset = i * d
+            at = pos + (p - offset)
+            win = at // s
+            holds += [at.ge(0), win.lt(out), (at % s).eq(0)]
+        where.append(win)
+        taps.append(offset // d if d > 1 else offset)
+    oh, ow = where
+    own = taps[0] * kernel[1] + taps[1]   # the cell's tap, row-major
+    # the window's taps before the cell's: real cells only
+    t = kb.fresh("t")
+    (kh, kw), (sh, sw), (pt, pl), (dh, dw) = kernel, strides, pads, dils
+    eh, ew = oh * sh + (t // kw) * dh - pt, ow * sw + (t % kw) * dw - pl
+    counted = all_of([t.lt(own), in_range(eh, xs[2]), in_range(ew, xs[3])])
+    se, xe = kb.load(x, [n, c, clamp(eh, xs[2]), clamp(ew, xs[3])])
+    sx, xv = kb.load(x, [n, c, h, w])
+    sy, yv = kb.load(y, [n, c, oh, ow])
+    sg, gv = kb.load(dy, [n, c, oh, ow])
+    # loads go to variables first: a Select with a Load in an arm would become a branch
+    acc, earlier = kb.fresh("acc", dtype), kb.fresh("em", dtype)
+    cell, top, grad, tap = (kb.fresh(v, dtype) for v in ("xc", "y", "g", "xt"))
+    first = K.Bin("and", cell.eq(top), earlier.lt(top))
+    body: list[K.Stmt] = [K.If(all_of(holds), sy + sg + [
+        K.Declare(top, yv), K.Declare(grad, gv),
+        K.Declare(earlier, K.Const(-math.inf, dtype)),
+        K.Loop(t, K.Const(0), K.Const(kh * kw), se + [
+            K.Declare(tap, xe),
+            K.Assign(earlier, K.select(counted, K.maximum(earlier, tap), earlier))],
+            "unroll"),
+        K.Assign(acc, acc + K.select(first, grad, 0.0)),
+    ])]
+    for var, trips in reversed(loops):
+        body = [K.Loop(var, K.Const(0), K.Const(trips), body, "unroll")]
+    return sx + [K.Declare(cell, xv), K.Declare(acc, K.Const(0.0, dtype)), *body], acc
+
+
 def lower_global_pool(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
     x = node.inputs[0]
     xs = shape_of(x)
@@ -531,6 +598,7 @@ def lower_resize(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
 
 LOWERINGS: dict[str, Callable[[KernelBuilder, Node, list[K.Expr]], Element]] = {
     "Conv": lower_conv, "MaxPool": lower_pool, "AveragePool": lower_pool,
+    "MaxPoolGrad": lower_max_pool_grad,
     "GlobalAveragePool": lower_global_pool, "GlobalMaxPool": lower_global_pool,
     "Gemm": lower_gemm, "MatMul": lower_gemm, "Flatten": lower_view, "Reshape": lower_view,
     "Transpose": lower_transpose, "Concat": lower_concat, "Pad": lower_pad, "LRN": lower_lrn,

@@ -6,6 +6,12 @@ MaxPool pads with -inf so padded cells never win. AveragePool divides by the num
 input cells in the window, or with ``count_include_pad`` by the cells of the explicitly padded
 input (cells that a ceil-mode window reaches beyond the end padding never count).
 With the ``layout`` attribute X and Y are stored NHWC or NCHW{x}c (see ops/layout_ops.py).
+
+MaxPoolGrad is MaxPool's backward op (what MaxPool's gradient rule emits): each window's
+gradient goes to the first cell of the window, in window order (row-major over the kernel
+taps), that equals the window's max, as in PyTorch. Ties therefore do not multiply the
+gradient (a ReLU'd blank region, where a whole window holds the same value, passes each
+window's gradient on once).
 """
 
 from __future__ import annotations
@@ -165,6 +171,60 @@ GLOBAL_MAX_POOL = register(OpDef(
 ))
 
 
+# ------------------------------------------------------------------------- MaxPoolGrad
+def _max_pool_grad_infer(ctx: InferContext) -> TensorType:
+    """dX has X's type; Y and dY must have the shape MaxPool gives X."""
+    x = ctx.require_rank(0, 4, "input X [N, C, H, W]")
+    ctx.require_float(0)
+    dtype = ctx.same_dtype(0, 1, 2)
+    y = _pool_infer(ctx)
+    for i, what in ((1, "the pool output Y"), (2, "its gradient dY")):
+        if ctx.input(i).shape != y.shape:
+            raise ctx.fail(f"{what} must have MaxPool's output shape {list(y.shape)} for X "
+                           f"{list(x.shape)}, got {list(ctx.input(i).shape)}")
+    return x.with_dtype(dtype)
+
+
+def _max_pool_grad_reference(inputs: list, attrs: dict[str, Any]) -> np.ndarray:
+    """Per kernel tap, in window order, the windows whose max this tap is first to equal
+    take dY there; padded cells (-inf) never equal a finite max."""
+    x, y, dy = inputs
+    geometry, out_hw = _setup("MaxPoolGrad", x, attrs)
+    kernel, strides, pads, dil = geometry
+    xp = _padded(x, geometry, out_hw, -np.inf)
+    dxp = np.zeros(xp.shape, np.float64)
+    taken = np.zeros(y.shape, bool)       # windows whose max an earlier tap already took
+    (sh, sw), (dh, dw), (oh, ow) = strides, dil, out_hw
+    for (i, j), view in window_views(xp, kernel, strides, dil, out_hw):
+        hit = (view == y) & ~taken
+        taken |= hit
+        # one tap of distinct windows lands on distinct cells: a plain strided add is exact
+        dxp[:, :, i * dh: i * dh + sh * (oh - 1) + 1: sh,
+            j * dw: j * dw + sw * (ow - 1) + 1: sw] += np.where(hit, dy, 0.0)
+    h, w = x.shape[2:]
+    return dxp[:, :, pads[0]:pads[0] + h, pads[1]:pads[1] + w].astype(x.dtype)
+
+
+def _max_pool_grad_flops(ctx: InferContext) -> int:
+    """A compare per window cell and an add per window (as the reference counts them)."""
+    kh, kw = ctx["kernel_shape"]
+    return (kh * kw + 1) * math.prod(ctx.inputs[2].shape)
+
+
+MAX_POOL_GRAD = register(OpDef(
+    name="MaxPoolGrad",
+    doc="MaxPool's backward: dX[cell] = sum of dY over the windows whose first max (in "
+        "window order) is that cell; NCHW only",
+    inputs=(Input("X"), Input("Y"), Input("dY")),
+    attrs=window_attrs(kernel_required=True, with_dilation=True),
+    infer=_max_pool_grad_infer,
+    reference=_max_pool_grad_reference,
+    flops=_max_pool_grad_flops,
+    # an elementwise epilogue (ReLU's gradient before the pool) fuses into its kernel
+    fusion=FusionKind.OUTPUT_FUSABLE,
+))
+
+
 # ---------------------------------------------------------------------- gradients
 def _average_pool_grad(b, node, grads):
     """Each window's gradient spread evenly over its cells: a depthwise transposed conv
@@ -194,5 +254,19 @@ def _global_average_pool_grad(b, node, grads):
     return [mul_scalar(b, b.op("Expand", g, shape=(1, 1, h, w)), 1.0 / (h * w))]
 
 
+def _max_pool_grad(b, node, grads):
+    """A MaxPoolGrad node reading X, the pool's own output Y and dY (the pool runs once)."""
+    from cnncompiler.errors import UnsupportedError
+
+    (g,), x, a = grads, node.inputs[0], node.attrs
+    if a.get("layout") not in (None, "NCHW"):
+        raise UnsupportedError(f"node '{node.name}' (MaxPool): the gradient of a pool in "
+                               f"layout {a['layout']} is not implemented (run autodiff "
+                               "before layout assignment)")
+    attrs = {k: v for k, v in a.items() if k != "layout"}
+    return [b.op("MaxPoolGrad", x, node.outputs[0], g, **attrs)]
+
+
+MAX_POOL.grad = _max_pool_grad
 AVERAGE_POOL.grad = _average_pool_grad
 GLOBAL_AVERAGE_POOL.grad = _global_average_pool_grad

@@ -5,6 +5,13 @@ The step graph takes the batch, its targets, every trainable parameter, every op
 and the optimiser's scalar hyper-parameters as inputs, and returns the loss, the new
 parameters and the new slots. Parameters are inputs rather than stored weights so the same
 compiled code serves every step (a backend repacks stored weights at compile time).
+
+The step graph runs the model in train mode (:func:`train_mode_graph`): BatchNormalization
+normalises with the batch's statistics and updates its running statistics (which, like the
+parameters, are step inputs and outputs the trainer keeps), and Dropout multiplies by a
+random mask the trainer draws per step from its seed (an input, so runs are reproducible
+and every backend sees the same mask). ``predict``, ``evaluate`` and ``model`` use the
+inference graph: running statistics, Dropout the identity.
 """
 
 from __future__ import annotations
@@ -12,13 +19,15 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from cnncompiler.autodiff import gradients, rebuild
-from cnncompiler.errors import InputError, ModelError
-from cnncompiler.ir.graph import Graph, ValueKind
+from cnncompiler.errors import InputError, ModelError, UnsupportedError
+from cnncompiler.ir.builder import GraphBuilder
+from cnncompiler.ir.graph import Graph, Node, Value, ValueKind
 from cnncompiler.ir.specialize import bind_symbols
 from cnncompiler.optim import SGD, Optimizer
 from cnncompiler.runtime.api import as_graph, compile
@@ -33,13 +42,154 @@ def _batch_symbol(graph: Graph) -> str:
     return symbols[0]
 
 
+# ---------------------------------------------------------------------------- train mode
+@dataclass(frozen=True)
+class DropoutMask:
+    """A train-mode Dropout's mask input: ``input`` of ``shape``, dropping ``ratio``."""
+
+    input: str
+    ratio: float
+    shape: tuple[int, ...]
+
+
+@dataclass
+class TrainMode:
+    """A forward graph in train mode: ``graph``'s outputs are the model's output, then the
+    updated value of each running statistic named in ``stats`` (in that order); ``masks``
+    are the Dropout mask inputs it takes besides the model's input."""
+
+    graph: Graph
+    stats: list[str] = field(default_factory=list)
+    masks: list[DropoutMask] = field(default_factory=list)
+
+
+def running_stats(graph: Graph) -> list[str]:
+    """The stored running means and variances of the graph's BatchNormalization nodes, in
+    node order (mean, var per node): train mode updates them instead of training them."""
+    names: list[str] = []
+    for node in graph.nodes:
+        if node.op != "BatchNormalization":
+            continue
+        for v in node.inputs[3:5]:
+            if not v.is_stored:
+                raise ModelError(f"node '{node.name}' (BatchNormalization): its running "
+                                 f"statistic {v.name!r} is computed; train mode needs stored "
+                                 "running statistics to update")
+            if v.name in names:
+                raise ModelError(f"node '{node.name}' (BatchNormalization): the running "
+                                 f"statistic {v.name!r} is shared with another node")
+            names.append(v.name)
+    return names
+
+
+def _scalar(b: GraphBuilder, value: float, like: Value) -> Value:
+    return b.const(np.asarray(value, like.type.dtype.numpy), "k")
+
+
+def _batch_norm_train(b: GraphBuilder, node: Node, x: Value, scale: Value, bias: Value,
+                      mean: Value, var: Value) -> tuple[Value, Value, Value]:
+    """Train-mode BatchNormalization in ops that have gradient rules: (y, new running mean,
+    new running var). y normalises with the batch's mean and biased variance over every
+    axis but the channels; the running statistics follow the op's ONNX momentum,
+    running * momentum + batch * (1 - momentum), with the unbiased batch variance for the
+    running variance (as PyTorch keeps it)."""
+    if node.attrs.get("layout") not in (None, "NCHW"):
+        raise UnsupportedError(f"node '{node.name}' (BatchNormalization): train mode in "
+                               f"layout {node.attrs['layout']} is not implemented")
+    shape = x.type.shape
+    c, axes = shape[1], (0, *range(2, len(shape)))
+    count = math.prod(shape[d] for d in axes)
+    if count < 2:
+        raise ModelError(f"node '{node.name}' (BatchNormalization): train mode needs more than "
+                         f"one value per channel to estimate a variance, got input shape "
+                         f"{list(shape)}")
+    per_channel = (1, c) + (1,) * (len(shape) - 2)
+    eps, momentum = node.attrs["epsilon"], node.attrs["momentum"]
+
+    def op(kind: str, *args: Value, label: str, **attrs: Any) -> Value:
+        """An op named after the BatchNormalization node (profiles stay readable)."""
+        return b.op(kind, *args, name=f"{node.name}.{label}", **attrs)
+
+    batch_mean = op("ReduceMean", x, axes=axes, keepdims=True, label="batch_mean")
+    centred = op("Sub", x, batch_mean, label="centred")
+    batch_var = op("ReduceMean", op("Mul", centred, centred, label="square"), axes=axes,
+                   keepdims=True, label="batch_var")
+    # the per-channel factor first, so the full tensor sees one Mul and one Add
+    std = op("Sqrt", op("Add", batch_var, _scalar(b, eps, x), label="var_eps"), label="std")
+    factor = op("Div", op("Reshape", scale, shape=per_channel, label="scale"), std,
+                label="factor")
+    y = b.op("Add", op("Mul", centred, factor, label="scaled"),
+             op("Reshape", bias, shape=per_channel, label="bias"), name=node.name)
+
+    def update(running: Value, batch: Value, weight: float, label: str) -> Value:
+        flat = op("Reshape", batch, shape=(c,), label=f"{label}_flat")
+        return op("Add", op("Mul", running, _scalar(b, momentum, running), label=f"{label}_old"),
+                  op("Mul", flat, _scalar(b, weight, running), label=f"{label}_new"),
+                  label=f"{label}_update")
+
+    new_mean = update(mean, batch_mean, 1.0 - momentum, "mean")
+    new_var = update(var, batch_var, (1.0 - momentum) * count / (count - 1), "var")
+    return y, new_mean, new_var
+
+
+def train_mode_graph(graph: Graph) -> TrainMode:
+    """``graph`` (concrete shapes) in train mode: each BatchNormalization rewritten to batch
+    statistics plus its running-statistics update (extra outputs), each Dropout with a
+    positive ratio to ``x * mask``, ``mask`` an input holding 0 or 1/(1 - ratio) per element.
+    Everything else, names included, is copied as is."""
+    b = GraphBuilder(graph.name)
+    env: dict[str, Value] = {v.name: b.input(v.name, v.type.shape, v.type.dtype)
+                             for v in graph.inputs}
+    for name, data in graph.data.items():
+        if name in graph.values:
+            env[name] = b.param(name, data, trainable=graph.values[name].kind is ValueKind.PARAM)
+    mode = TrainMode(graph, running_stats(graph))
+    updated: dict[str, Value] = {}
+    for node in graph.nodes:
+        ins = [None if v is None else env[v.name] for v in node.inputs]
+        if node.op == "BatchNormalization":
+            y, new_mean, new_var = _batch_norm_train(b, node, *ins)
+            updated[node.inputs[3].name], updated[node.inputs[4].name] = new_mean, new_var
+            outs = [y]
+        elif node.op == "Dropout" and node.attrs["ratio"] > 0:
+            x = ins[0]
+            name, i = f"{node.name}.mask", 0
+            while name in graph.values:
+                i += 1
+                name = f"{node.name}.mask{i}"
+            mask = b.input(name, x.type.shape, x.type.dtype)
+            mode.masks.append(DropoutMask(mask.name, node.attrs["ratio"], x.type.shape))
+            outs = [b.op("Mul", x, mask, name=node.name)]
+        else:
+            outs = b.add_node(node.op, ins, dict(node.attrs), name=node.name,
+                              output_names=[v.name for v in node.outputs])
+        env.update((old.name, new) for old, new in zip(node.outputs, outs))
+    mode.graph = b.build([*(env[v.name] for v in graph.outputs),
+                          *(updated[name] for name in mode.stats)])
+    return mode
+
+
+def dropout_masks(masks: Sequence[DropoutMask], seed: int, step: int,
+                  dtype: Any = np.float32) -> dict[str, np.ndarray]:
+    """The masks of training step ``step``: a generator seeded by (seed, step) draws each
+    mask in order, so a step's masks depend only on the seed and the step number (a run
+    resumed from a checkpoint draws the same ones) and differ from step to step. Kept
+    elements hold 1/(1 - ratio), which keeps each activation's expected value."""
+    rng = np.random.default_rng((seed, step))
+    out = {}
+    for m in masks:
+        keep = rng.random(m.shape) >= m.ratio
+        out[m.input] = keep.astype(dtype) * np.asarray(1.0 / (1.0 - m.ratio), dtype)
+    return out
+
+
 class Trainer:
     """See :func:`compile_training`."""
 
     def __init__(self, model: Any, loss: str = "cross_entropy",
                  optimizer: Optimizer | None = None, backend: str = "llvm",
                  batch_size: int = 32, input_shape: Sequence[int | str] | None = None,
-                 **options: Any):
+                 seed: int = 0, **options: Any):
         from cnncompiler.nn.module import Module
 
         if input_shape is None and isinstance(model, Module) and model.input_shape:
@@ -57,21 +207,36 @@ class Trainer:
         self.optimizer = optimizer or SGD()
         self.backend, self.options = backend, options
         self.batch_size = batch_size
-        names = [v.name for v in graph.values.values() if v.kind is ValueKind.PARAM]
+        # running statistics are updated, not trained, even where an importer marked them
+        # trainable (ONNX initializers all look alike)
+        self.stat_names = running_stats(graph)
+        names = [v.name for v in graph.values.values()
+                 if v.kind is ValueKind.PARAM and v.name not in self.stat_names]
         self.param_names = sorted(names)
         self.params = {n: np.array(graph.data[n], np.float32) for n in self.param_names}
+        self.stats = {n: np.array(graph.data[n], np.float32) for n in self.stat_names}
+        self.seed = seed
         self.slots = {f"{n}.{s}": np.zeros_like(self.params[n])
                       for n in self.param_names for s in self.optimizer.slot_names()}
         self.steps = 0
         self._step_models: dict[int, Any] = {}
+        self._masks: dict[int, list[DropoutMask]] = {}
         self._eval_model = None
 
     # ------------------------------------------------------------------ graphs
+    def train_mode(self, batch: int) -> TrainMode:
+        """The forward graph in train mode for ``batch`` examples (see
+        :func:`train_mode_graph`), with the running statistics as stored."""
+        return train_mode_graph(bind_symbols(self.graph, {self.symbol: batch}))
+
     def step_graph(self, batch: int) -> Graph:
-        """The training-step graph for ``batch`` examples."""
-        graph = bind_symbols(self.graph, {self.symbol: batch})
-        b, env = rebuild(graph, as_inputs=self.param_names)
-        out = env[graph.outputs[0].name]
+        """The training-step graph for ``batch`` examples: outputs the loss, the new
+        parameters, the new optimiser slots and the new running statistics."""
+        mode = self.train_mode(batch)
+        self._masks[batch] = mode.masks
+        b, env = rebuild(mode.graph, as_inputs=[*self.param_names, *self.stat_names])
+        out = env[mode.graph.outputs[0].name]
+        new_stats = [env[v.name] for v in mode.graph.outputs[1:]]
         target = b.input("target", out.type.shape, out.type.dtype)
         loss = self.loss_fn(b, out, target)
         params = [env[n] for n in self.param_names]
@@ -85,7 +250,7 @@ class Trainer:
             new_w, new_s = self.optimizer.update(b, w, g, slots, hyper)
             new_params.append(new_w)
             new_slots += [new_s[s] for s in self.optimizer.slot_names()]
-        return b.build([loss, *new_params, *new_slots])
+        return b.build([loss, *new_params, *new_slots, *new_stats])
 
     def _step_model(self, batch: int):
         model = self._step_models.get(batch)
@@ -124,17 +289,27 @@ class Trainer:
         feeds = {model.graph.inputs[0].name: x, "target": self._targets(y, out_shape)}
         feeds.update(self.params)
         feeds.update(self.slots)
+        feeds.update(self.stats)
+        feeds.update(self.dropout_masks(len(x), self.steps))
         feeds.update({f"hyper.{h}": np.full(1, v, np.float32)
                       for h, v in self.optimizer.hyper(self.steps).items()})
         loss, *rest = model(**feeds)
-        n = len(self.param_names)
+        n, k = len(self.param_names), len(self.param_names) + len(self.slots)
         self.params = dict(zip(self.param_names, rest[:n]))
-        self.slots = dict(zip(self.slots, rest[n:]))
+        self.slots = dict(zip(self.slots, rest[n:k]))
+        self.stats = dict(zip(self.stat_names, rest[k:]))
         value = float(np.asarray(loss).reshape(-1)[0])
         if not math.isfinite(value):
             raise ModelError(f"the loss became {value} at step {self.steps}; lower the "
                              "learning rate")
         return value
+
+    def dropout_masks(self, batch: int, step: int) -> dict[str, np.ndarray]:
+        """The Dropout masks training step number ``step`` (counted from 1) feeds for a batch
+        of ``batch`` (see :func:`dropout_masks`); empty for a model without Dropout."""
+        if batch not in self._masks:
+            self._masks[batch] = self.train_mode(batch).masks
+        return dropout_masks(self._masks[batch], self.seed, step)
 
     def fit_epoch(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator | None = None,
                   progress=None) -> float:
@@ -150,14 +325,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ inference
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """The model's outputs with the current parameters."""
+        """The model's outputs (inference mode: running statistics, no dropout) with the
+        current parameters and running statistics."""
         if self._eval_model is None:
-            b, env = rebuild(self.graph, as_inputs=self.param_names)
+            b, env = rebuild(self.graph, as_inputs=[*self.param_names, *self.stat_names])
             self._eval_model = compile(b.build(env[self.graph.outputs[0].name]),
                                        backend=self.backend, **self.options)
         name = self._eval_model.graph.inputs[0].name
         outs = [self._eval_model(**{name: np.ascontiguousarray(x[i:i + batch_size],
-                                                               np.float32)}, **self.params)
+                                                               np.float32)},
+                                 **self.params, **self.stats)
                 for i in range(0, len(x), batch_size)]
         return np.concatenate(outs)
 
@@ -167,20 +344,21 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Parameters by name and optimiser slots as ``name.slot``."""
-        return {**self.params, **self.slots}
+        """Parameters and running statistics by name, optimiser slots as ``name.slot``."""
+        return {**self.params, **self.stats, **self.slots}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        expected = set(self.params) | set(self.slots)
+        expected = set(self.params) | set(self.stats) | set(self.slots)
         if set(state) != expected:
             raise ModelError(f"state names differ: missing {sorted(expected - set(state))}, "
                              f"unexpected {sorted(set(state) - expected)}")
         for name, value in state.items():
-            mine = self.params.get(name, self.slots.get(name))
+            mine = self.state_dict()[name]
             if mine.shape != value.shape:
                 raise ModelError(f"{name}: shape {list(value.shape)}, expected "
                                  f"{list(mine.shape)}")
         self.params = {n: np.array(state[n], np.float32) for n in self.params}
+        self.stats = {n: np.array(state[n], np.float32) for n in self.stats}
         self.slots = {n: np.array(state[n], np.float32) for n in self.slots}
 
     def save(self, path: str | os.PathLike) -> None:
@@ -194,9 +372,11 @@ class Trainer:
 
     @property
     def model(self) -> Graph:
-        """The forward graph with the trained parameters (for ONNX export, inference)."""
+        """The forward graph with the trained parameters and running statistics (for ONNX
+        export, inference)."""
         data = dict(self.graph.data)
         data.update(self.params)
+        data.update(self.stats)
         return Graph(self.graph.name, self.graph.inputs, self.graph.outputs, self.graph.nodes,
                      data)
 
@@ -204,8 +384,9 @@ class Trainer:
 def compile_training(model: Any, loss: str = "cross_entropy",
                      optimizer: Optimizer | None = None, backend: str = "llvm",
                      batch_size: int = 32, input_shape: Sequence[int | str] | None = None,
-                     **options: Any) -> Trainer:
+                     seed: int = 0, **options: Any) -> Trainer:
     """A :class:`Trainer` for ``model`` (a DSL model with weights, or a Graph with a symbolic
     batch dim): ``trainer.step(x, y)`` runs one compiled training step and returns the
-    loss; ``evaluate``, ``predict``, ``save``/``load`` and ``model`` (the trained graph)."""
-    return Trainer(model, loss, optimizer, backend, batch_size, input_shape, **options)
+    loss; ``evaluate``, ``predict``, ``save``/``load`` and ``model`` (the trained graph).
+    ``seed`` seeds the Dropout masks (one draw per step, reproducible)."""
+    return Trainer(model, loss, optimizer, backend, batch_size, input_shape, seed, **options)

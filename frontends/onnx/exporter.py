@@ -293,6 +293,9 @@ _SAME_OPS = (
 #: op -> translation from our IR node to the ONNX node (edits inputs/attrs in place)
 # ops that are expanded before translation rather than translated
 EXPANDED = {"Fused", "LayoutTransform"}
+#: backward-pass ops ONNX has no counterpart for: they only occur in training-step graphs,
+#: never in a model to export (a Trainer exports its forward graph)
+TRAINING_ONLY = {"MaxPoolGrad"}
 
 TRANSLATIONS: dict[str, Callable[[_Emit], None]] = {
     **dict.fromkeys(_SAME_OPS, _same),
@@ -431,6 +434,10 @@ class _Exporter:
 
     def translate(self, node: Node) -> _Emit:
         fn = TRANSLATIONS.get(node.op)
+        if node.op in TRAINING_ONLY:
+            raise UnsupportedError(f"node {node.name!r} ({node.op}) belongs to a training "
+                                   "step; ONNX has no such op: export the model's forward "
+                                   "graph (Trainer.model) instead")
         if fn is None:
             raise UnsupportedError(f"node {node.name!r} ({node.op}): the ONNX exporter has no "
                                    f"translation for op {node.op!r}")
