@@ -9,7 +9,9 @@ import time
 import click
 import numpy as np
 
+from cnncompiler.data import DATASETS
 from cnncompiler.errors import CnnCompilerError
+from cnncompiler.optim import OPTIMIZERS
 
 
 def _load(model: str, with_weights: bool, batch: int | None = None, seed: int = 0,
@@ -339,6 +341,276 @@ def bench(models: tuple[str, ...], backends: str, batches: list[int], threads: l
             f"{r['model']} {r['backend']} b{r['batch']} t{r['threads']}: {r['status']}"
             for r in flagged), err=True)
         sys.exit(1)
+
+
+# ---------------------------------------------------------------------- train
+_MODEL_ALIASES = {"lenet": "lenet5"}
+
+
+def _fit_images(x: np.ndarray, shape: tuple[int, int, int]) -> tuple[np.ndarray, str]:
+    """Images ``[N, C, h, w]`` made the model's ``(C, H, W)``: grey repeated over the
+    channels, upsampled by the largest whole factor that fits (nearest neighbour), then
+    zero-padded evenly; with a few words saying what was done."""
+    c, height, width = shape
+    _, cx, h, w = x.shape
+    steps = []
+    if cx != c:
+        if cx != 1:
+            raise click.UsageError(f"the data has {cx} channels, the model wants {c}")
+        x = np.repeat(x, c, axis=1)
+        steps.append(f"grey x{c}")
+    if h > height or w > width:
+        raise click.UsageError(f"the images are {h}x{w}, larger than the model's input "
+                               f"{height}x{width}")
+    k = min(height // h, width // w)
+    if k > 1:
+        x = np.repeat(np.repeat(x, k, axis=2), k, axis=3)
+        h, w = h * k, w * k
+        steps.append(f"upsample x{k}")
+    top, left = (height - h) // 2, (width - w) // 2
+    if h != height or w != width:
+        x = np.pad(x, ((0, 0), (0, 0), (top, height - h - top), (left, width - w - left)))
+        steps.append(f"pad {top}" if top == left == height - h - top == width - w - left
+                     else f"pad to {height}x{width}")
+    return np.ascontiguousarray(x, np.float32), ", ".join(steps) or "as is"
+
+
+def _plot_training(report: dict, batch_losses: list[tuple[float, float]], path: str) -> None:
+    """A PNG with the loss (per batch, and the epoch means) and the test accuracy per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [e["epoch"] for e in report["epochs"]]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    if batch_losses:
+        xs, ys = (np.array(v) for v in zip(*batch_losses))
+        ax_loss.plot(xs, ys, lw=0.5, alpha=0.25, color="tab:blue", label="batch")
+        window = len(ys) // 100
+        if window > 1:   # a moving mean over 1% of the batches
+            smooth = np.convolve(ys, np.ones(window) / window, mode="valid")
+            ax_loss.plot(xs[window - 1:], smooth, lw=1, color="tab:blue",
+                         label=f"mean of {window} batches")
+    ax_loss.plot(epochs, [e["loss"] for e in report["epochs"]], "o-", color="tab:blue",
+                 label="epoch mean")
+    ax_loss.set(xlabel="epoch", ylabel="training loss", title="loss")
+    ax_loss.legend()
+    ax_acc.plot(epochs, [100 * e["accuracy"] for e in report["epochs"]], "o-",
+                color="tab:green")
+    ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.set_xlim(0, max(epochs, default=1) + 0.1)
+    opt = report["optimizer"]
+    fig.suptitle(f"{report['model']} on {report['dataset']} ({report['backend']}, "
+                 f"{opt['name']} lr {opt['lr']:g})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _train_epoch(trainer, x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+                 rng: np.random.Generator, label: str, record) -> tuple[float, float, float, float]:
+    """One epoch under a progress bar (running loss and examples/s, then the test accuracy);
+    ``record(fraction of the epoch, batch loss)`` sees every batch. Returns (mean loss, test
+    accuracy, training seconds, evaluation seconds)."""
+    seen, total = 0, 0.0
+    start = time.perf_counter()
+    hidden = not (sys.stdout and sys.stdout.isatty())  # logs get the epoch lines only
+    with click.progressbar(length=len(x), label=label, item_show_func=lambda s: s,
+                           show_pos=True, hidden=hidden) as bar:
+        def progress(n: int, loss: float) -> None:
+            nonlocal seen, total
+            seen += n
+            total += loss * n
+            record(seen / len(x), loss)
+            rate = seen / max(time.perf_counter() - start, 1e-9)
+            bar.update(n, f"loss {total / seen:.4f}  {rate:,.0f} ex/s")
+
+        loss = trainer.fit_epoch(x, y, rng, progress=progress)
+        seconds = time.perf_counter() - start
+        bar.current_item = f"loss {loss:.4f}  {len(x) / seconds:,.0f} ex/s  evaluating"
+        bar.render_progress()
+        start = time.perf_counter()
+        accuracy = trainer.evaluate(x_test, y_test)
+        eval_seconds = time.perf_counter() - start
+        bar.current_item = (f"loss {loss:.4f}  {len(x) / seconds:,.0f} ex/s  "
+                            f"test acc {100 * accuracy:.2f}%")
+        bar.render_progress()
+    return loss, accuracy, seconds, eval_seconds
+
+
+@main.command()
+@click.argument("model")
+@click.option("--dataset", type=click.Choice(list(DATASETS)), default="digits",
+              show_default=True, help="offline data set (see cnncompiler.data)")
+@click.option("--data-dir", type=click.Path(file_okay=False),
+              help="folder with the four *-ubyte.gz files (fashion-mnist only; default "
+                   "Debian's /usr/share/datasets/fashion-mnist)")
+@click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--backend", default="llvm", show_default=True)
+@click.option("--optimizer", "opt_name", type=click.Choice(list(OPTIMIZERS)), default="sgd",
+              show_default=True)
+@click.option("--lr", type=float, default=None,
+              help="learning rate [default: the optimizer's: 0.01, adam 0.001]")
+@click.option("--momentum", type=float, default=None, help="SGD momentum [default: 0]")
+@click.option("--nesterov", is_flag=True, help="Nesterov momentum (sgd with --momentum)")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="L2 weight decay")
+@click.option("--lr-step", type=click.IntRange(min=1), default=None, metavar="N",
+              help="divide the learning rate by 10 every N epochs")
+@click.option("--plateau", is_flag=True,
+              help="divide the learning rate by 10 when the test accuracy has not improved "
+                   "for 2 epochs")
+@click.option("--augment", is_flag=True,
+              help="each epoch: random crop (zero padding 2) and random horizontal flip "
+                   "(the flip suits clothes, not digits)")
+@click.option("--normalize/--no-normalize", default=True, show_default=True,
+              help="standardise the images with the training set's mean and std")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="seed of the initial weights, the shuffling and the augmentation")
+@click.option("--limit", type=click.IntRange(min=1), default=None, metavar="N",
+              help="train on the first N training examples only (quick runs)")
+@click.option("--save", "save_path", type=click.Path(dir_okay=False),
+              help="write the trained parameters and optimiser state (.npz)")
+@click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False),
+              help="export the trained model to ONNX (it expects the prepared input)")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False),
+              help="write the configuration and per-epoch metrics as JSON")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="write a PNG of the loss and accuracy curves (needs matplotlib)")
+@_THREADS_OPTION
+@_DEVICE_OPTION
+def train(model: str, dataset: str, data_dir: str | None, epochs: int, batch_size: int,
+          backend: str, opt_name: str, lr: float | None, momentum: float | None,
+          nesterov: bool, weight_decay: float, lr_step: int | None, plateau: bool,
+          augment: bool, normalize: bool, seed: int, limit: int | None,
+          save_path: str | None, onnx_path: str | None, json_path: str | None,
+          plot_path: str | None, threads: int | None, device: str | None) -> None:
+    """Train MODEL (a built-in name; ``lenet`` is LeNet-5) on an offline data set with
+    compiled training steps, printing a progress bar and a line per epoch: mean training
+    loss, test accuracy, training examples/s and the learning rate.
+
+    The images are fitted to the model's input (upsampled by a whole factor, zero-padded,
+    grey repeated over colour channels) and standardised (--no-normalize keeps [0, 1]);
+    an exported model expects its input prepared the same way (the JSON records how).
+    """
+    import dataclasses
+
+    import cnncompiler
+    from cnncompiler import data, optim, zoo
+    from cnncompiler.runtime.registry import get_backend
+
+    name = _MODEL_ALIASES.get(model.lower(), model.lower().replace("-", "_"))
+    if name not in zoo.names():
+        raise click.UsageError(f"unknown model {model!r}: give a built-in name "
+                               f"({', '.join(['lenet', *zoo.names()])})")
+    if data_dir is not None and dataset != "fashion-mnist":
+        raise click.BadParameter("only fashion-mnist reads a folder", param_hint="--data-dir")
+    kwargs: dict = {"weight_decay": weight_decay}
+    if lr is not None:
+        kwargs["lr"] = lr
+    if momentum is not None or nesterov:
+        if opt_name != "sgd":
+            raise click.UsageError("--momentum and --nesterov go with --optimizer sgd")
+        kwargs.update(momentum=momentum or 0.0, nesterov=nesterov)
+    optimizer = OPTIMIZERS[opt_name](**kwargs)
+    get_backend(backend)   # an unknown or unavailable one fails before the data loads
+    opt_config = {"name": opt_name, **dataclasses.asdict(optimizer)}
+    if plot_path:
+        from cnncompiler.bench import check_plotting
+
+        check_plotting()
+
+    start = time.perf_counter()
+    try:
+        loader = DATASETS[dataset]
+        xtr, ytr, xte, yte = loader(data_dir) if data_dir is not None else loader()
+    except data.DatasetUnavailableError as e:
+        raise click.ClickException(str(e)) from None
+    if limit is not None:
+        xtr, ytr = xtr[:limit], ytr[:limit]
+    num_classes = int(max(ytr.max(), yte.max())) + 1
+    net = zoo.get(name, num_classes=num_classes)
+    shape = tuple(net.input_shape[1:])
+    source = list(xtr.shape[1:])
+    xtr, how = _fit_images(xtr, shape)
+    xte, _ = _fit_images(xte, shape)
+    mean, std = (float(xtr.mean()), float(xtr.std()) or 1.0) if normalize else (0.0, 1.0)
+    if normalize:
+        xtr = (xtr - np.float32(mean)) / np.float32(std)
+        xte = (xte - np.float32(mean)) / np.float32(std)
+    background = (np.float32(0) - np.float32(mean)) / np.float32(std)  # a zero pixel, now
+    click.echo(f"{dataset}: {len(xtr):,} training and {len(xte):,} test images "
+               f"{'x'.join(map(str, source))} -> {'x'.join(map(str, shape))} ({how}), "
+               f"{num_classes} classes, loaded in {time.perf_counter() - start:.1f} s")
+
+    trainer = cnncompiler.compile_training(
+        net.init_parameters(seed), optimizer=optimizer, backend=backend,
+        batch_size=batch_size, seed=seed, **_backend_options(threads, device))
+    hyper = ", ".join(f"{k} {v:g}" for k, v in opt_config.items()
+                      if isinstance(v, float) and (v or k == "lr"))
+    click.echo(f"training {name} ({sum(p.size for p in trainer.params.values()):,} "
+               f"parameters) with {opt_name} ({hyper}{', nesterov' if nesterov else ''}), "
+               f"batch {batch_size}, on {backend}")
+    start = time.perf_counter()
+    # the step graph is compiled once per batch size: the full one and the last partial one
+    trainer.prepare(sorted({min(batch_size, len(xtr)), len(xtr) % batch_size} - {0}))
+    trainer.predict(xte[:256])
+    compile_seconds = time.perf_counter() - start
+    click.echo(f"compiled the training step in {compile_seconds:.1f} s")
+
+    schedules = ([optim.StepLR(optimizer, lr_step)] if lr_step else []) + \
+        ([optim.ReduceLROnPlateau(optimizer, mode="max")] if plateau else [])
+    rng = np.random.default_rng(seed)
+    report: dict = {
+        "model": name, "dataset": dataset, "backend": backend, "batch_size": batch_size,
+        "train_examples": len(xtr), "test_examples": len(xte), "num_classes": num_classes,
+        "input": {"data": source, "model": list(shape), "prepared": how},
+        "normalize": {"mean": mean, "std": std} if normalize else None,
+        "optimizer": opt_config,
+        "schedule": {"lr_step": lr_step, "plateau": plateau},
+        "augment": augment, "seed": seed, "compile_seconds": compile_seconds, "epochs": []}
+    batch_losses: list[tuple[float, float]] = []
+    for epoch in range(1, epochs + 1):
+        x = xtr
+        if augment:
+            # shift the background to 0, which is what the crop pads with
+            x = data.horizontal_flip(data.random_crop(xtr - background, 2, rng), rng) \
+                + background
+        epoch_lr = optimizer.lr
+        loss, accuracy, seconds, eval_seconds = _train_epoch(
+            trainer, x, ytr, xte, yte, rng, f"epoch {epoch}/{epochs}",
+            lambda at, value, e=epoch: batch_losses.append((e - 1 + at, value)))
+        speed = len(x) / seconds
+        click.echo(f"epoch {epoch}/{epochs}: loss {loss:.4f}, test accuracy "
+                   f"{100 * accuracy:.2f}%, {speed:,.0f} examples/s ({seconds:.1f} s), "
+                   f"lr {epoch_lr:g}")
+        report["epochs"].append({"epoch": epoch, "loss": loss, "accuracy": accuracy,
+                                 "examples_per_s": speed, "lr": epoch_lr,
+                                 "seconds": seconds, "eval_seconds": eval_seconds})
+        for schedule in schedules:
+            schedule.step(accuracy)
+
+    report["final_accuracy"] = report["epochs"][-1]["accuracy"]
+    if save_path:
+        trainer.save(save_path)
+        click.echo(f"wrote {save_path}")
+    if onnx_path:
+        from cnncompiler.frontends.onnx import save
+
+        save(trainer.model, onnx_path)
+        click.echo(f"wrote {onnx_path}")
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(report, f, indent=2)
+            f.write("\n")
+        click.echo(f"wrote {json_path}")
+    if plot_path:
+        _plot_training(report, batch_losses, plot_path)
+        click.echo(f"wrote {plot_path}")
 
 
 if __name__ == "__main__":

@@ -252,6 +252,12 @@ class Trainer:
             new_slots += [new_s[s] for s in self.optimizer.slot_names()]
         return b.build([loss, *new_params, *new_slots, *new_stats])
 
+    def prepare(self, batch_sizes: Sequence[int]) -> None:
+        """Compile the step graphs of these batch sizes now (they are otherwise compiled
+        at their first step)."""
+        for batch in batch_sizes:
+            self._step_model(batch)
+
     def _step_model(self, batch: int):
         model = self._step_models.get(batch)
         if model is None:
