@@ -45,6 +45,21 @@ def _torch_lenet(weights: dict[str, np.ndarray], threads: int):
     return net
 
 
+def _torch_step(torch, threads: int, x: np.ndarray, y: np.ndarray):
+    """One torch eager SGD-momentum step of LeNet-5 from our initial weights."""
+    net = _torch_lenet(zoo.get("lenet5").init_parameters(0).state_dict(), threads)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+
+    def step() -> float:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(net(tx), ty)
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+    return step
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backends", default="llvm")
@@ -70,23 +85,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             import torch
 
-            weights = zoo.get("lenet5").init_parameters(0).state_dict()
-            tnet = _torch_lenet(weights, threads)
-            topt = torch.optim.SGD(tnet.parameters(), lr=0.01, momentum=0.9)
-            tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-
-            def torch_step():
-                topt.zero_grad()
-                loss = torch.nn.functional.cross_entropy(tnet(tx), ty)
-                loss.backward()
-                topt.step()
-                return float(loss.detach())
-            contenders["torch"] = torch_step
+            contenders["torch"] = _torch_step(torch, threads, x, y)
         except ImportError:
             print("torch not installed: no peer (pip install torch==2.13.0)")
         times: dict[str, list[float]] = {name: [] for name in contenders}
         losses: dict[str, float] = {}
-        for name, step in contenders.items():   # warm-up
+        for step in contenders.values():   # warm-up
             step()
         for i in range(args.steps):
             order = list(contenders) if i % 2 == 0 else list(reversed(contenders))
