@@ -140,3 +140,28 @@ def test_fan_out_accumulates_and_unused_inputs_get_zeros():
     got_x, got_u = evaluate(graph, {"x": xs, "u": np.ones(2)})
     np.testing.assert_allclose(got_x, 2 * xs + 1)
     np.testing.assert_array_equal(got_u, np.zeros(2))
+
+
+def test_leaky_relu_and_clip():
+    x = rand(3, 4)
+    x[np.abs(x) < 1e-3] = 0.5
+    check("LeakyRelu", [x], alpha=0.1)
+    x[np.abs(np.abs(x) - 0.5) < 1e-3] = 0.9   # keep the bounds out of the differences
+    check("Clip", [x], min=-0.5, max=0.5)
+    check("Clip", [x], min=0.0)
+
+
+def test_concat_split_pad():
+    check("Concat", [rand(2, 3, 2), rand(2, 1, 2, seed=1), rand(2, 4, 2, seed=2)], axis=1)
+    check("Pad", [rand(2, 3, 4)], pads=(0, 1, 2, 0, 2, 1), value=0.5)
+
+
+def test_split_with_an_unused_piece():
+    b = GraphBuilder("g")
+    x = b.input("x", (5, 2), "float64")
+    a, _unused = b.add_node("Split", [x], {"axis": 0, "split": (2, 3)})
+    loss = b.op("ReduceSum", b.op("Mul", a, a), keepdims=False)
+    (gx,) = gradients(b, b.nodes, loss, [x])
+    xs = rand(5, 2)
+    (got,) = evaluate(b.build([gx]), {"x": xs})
+    np.testing.assert_allclose(got, np.concatenate([2 * xs[:2], np.zeros((3, 2))]))

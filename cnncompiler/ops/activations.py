@@ -116,3 +116,28 @@ def _tanh_grad(b, node, grads):
 
 
 RELU.grad, SIGMOID.grad, TANH.grad = _relu_grad, _sigmoid_grad, _tanh_grad
+
+
+def _leaky_relu_grad(b, node, grads):
+    from cnncompiler.ops.gradients import scalar
+
+    (g,), (x,) = grads, node.inputs
+    slope = b.op("Mul", g, scalar(b, node.attrs["alpha"], x))
+    return [b.op("Where", b.op("Less", x, scalar(b, 0.0, x)), slope, g)]
+
+
+def _clip_grad(b, node, grads):
+    """g where min < x < max (the bounds, where given), else 0."""
+    from cnncompiler.ops.gradients import scalar
+
+    (g,), (x,) = grads, node.inputs
+    zero = scalar(b, 0.0, x)
+    low, high = node.attrs["min"], node.attrs["max"]
+    if low is not None:
+        g = b.op("Where", b.op("Greater", x, scalar(b, low, x)), g, zero)
+    if high is not None:
+        g = b.op("Where", b.op("Less", x, scalar(b, high, x)), g, zero)
+    return [g]
+
+
+LEAKY_RELU.grad, CLIP.grad = _leaky_relu_grad, _clip_grad

@@ -381,3 +381,42 @@ def _transpose_grad(b, node, grads):
 
 FLATTEN.grad = RESHAPE.grad = _reshape_back
 TRANSPOSE.grad = _transpose_grad
+
+
+def _concat_grad(b, node, grads):
+    """The output gradient cut back into the inputs' extents along the axis."""
+    (g,), axis = grads, node.attrs["axis"]
+    sizes = [v.type.shape[axis] for v in node.inputs]
+    if len(sizes) == 1:
+        return [g]
+    return b.add_node("Split", [g], {"axis": axis, "split": tuple(sizes)})
+
+
+def _split_grad(b, node, grads):
+    """The pieces' gradients joined again; a piece that does not reach the loss adds
+    zeros of its shape."""
+    from cnncompiler.ops.gradients import scalar
+
+    parts = [g if g is not None else b.op("Mul", v, scalar(b, 0.0, v))
+             for g, v in zip(grads, node.outputs)]
+    return [b.op("Concat", *parts, axis=node.attrs["axis"])]
+
+
+def _pad_grad(b, node, grads):
+    """Constant padding: the gradient is the output gradient with the padding cut off."""
+    from cnncompiler.errors import UnsupportedError
+
+    if node.attrs["mode"] != "constant":
+        raise UnsupportedError(f"node '{node.name}' (Pad): the gradient of mode "
+                               f"{node.attrs['mode']!r} is not implemented yet")
+    (g,), x, pads = grads, node.inputs[0], node.attrs["pads"]
+    rank = x.type.rank
+    axes = tuple(d for d in range(rank) if pads[d] or pads[rank + d])
+    if not axes:
+        return [g]
+    starts = tuple(pads[d] for d in axes)
+    ends = tuple(pads[d] + x.type.shape[d] for d in axes)
+    return [b.op("Slice", g, starts=starts, ends=ends, axes=axes)]
+
+
+CONCAT.grad, SPLIT.grad, PAD.grad = _concat_grad, _split_grad, _pad_grad
