@@ -136,8 +136,20 @@ def _conv_grad(b, node, grads):
                                "(pin the batch size)")
     rh = h + pads[0] + pads[2] - dh * (fh - 1) - 1 - (oh - 1) * sh
     rw = wd + pads[1] + pads[3] - dw * (fw - 1) - 1 - (ow - 1) * sw
-    dx = b.op("ConvTranspose", g, w, strides=(sh, sw), pads=pads, dilations=(dh, dw),
-              group=group, output_padding=(rh, rw))
+    full = (dh * (fh - 1), dw * (fw - 1))
+    if (sh, sw) == (1, 1) and group == 1 and all(
+            0 <= pads[a] <= full[a % 2] for a in range(4)):
+        # stride 1: a plain conv of g (padded by the filter extent minus the forward
+        # padding) with the filters flipped and in/out swapped, which the backends'
+        # direct-conv schedules run far faster than the transposed conv's gather
+        flipped = b.op("Slice", w, starts=(-1, -1), ends=(-(2**31), -(2**31)), axes=(2, 3),
+                       steps=(-1, -1))
+        wt = b.op("Transpose", flipped, perm=(1, 0, 2, 3))
+        back = tuple(full[a % 2] - pads[a] for a in range(4))
+        dx = b.op("Conv", g, wt, pads=back, dilations=(dh, dw))
+    else:
+        dx = b.op("ConvTranspose", g, w, strides=(sh, sw), pads=pads, dilations=(dh, dw),
+                  group=group, output_padding=(rh, rw))
     if group != 1:
         raise UnsupportedError(f"node '{node.name}' (Conv): the filter gradient of a "
                                f"grouped conv (group {group}) is not implemented yet")
