@@ -1,63 +1,17 @@
 #!/usr/bin/env python
-"""Training-step time: cnncompiler's compiled step against torch eager, in one run.
+"""Training-step time against torch eager (the harness is ``cnncompiler.bench_train``).
 
     python benchmarks/train_bench.py                  # LeNet-5 batch 64, llvm, 1 and 2 threads
     python benchmarks/train_bench.py --backends llvm,opencl --threads 2 --steps 30
-
-The same LeNet-5 (same initial weights, same batch, SGD with momentum) is stepped
-alternately by each contender, so a noisy machine's drift hits all alike; each row reports
-the median and p90 step time and the ratio to torch. torch is optional (pip install
-torch==2.13.0): without it the rows stand alone. Both sides' losses after the timed steps
-are printed: they agree to float32 rounding (a check that the same work is timed).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 
-import numpy as np
-
-import cnncompiler
-from cnncompiler import optim, zoo
-
-
-def _torch_lenet(weights: dict[str, np.ndarray], threads: int):
-    import torch
-    from torch import nn
-
-    torch.set_num_threads(threads)
-    net = nn.Sequential(nn.Conv2d(1, 6, 5), nn.Tanh(), nn.AvgPool2d(2),
-                        nn.Conv2d(6, 16, 5), nn.Tanh(), nn.AvgPool2d(2),
-                        nn.Conv2d(16, 120, 5), nn.Tanh(), nn.Flatten(),
-                        nn.Linear(120, 84), nn.Tanh(), nn.Linear(84, 10))
-    ours = ["c1", "c3", "c5", "f6", "output"]
-    layers = [m for m in net if isinstance(m, (nn.Conv2d, nn.Linear))]
-    with torch.no_grad():
-        for name, layer in zip(ours, layers):
-            w = weights[f"{name}.weight"]
-            # our Linear keeps [out, in] like torch (Gemm transB)
-            layer.weight.copy_(torch.from_numpy(w.reshape(layer.weight.shape)))
-            layer.bias.copy_(torch.from_numpy(weights[f"{name}.bias"]))
-    return net
-
-
-def _torch_step(torch, threads: int, x: np.ndarray, y: np.ndarray):
-    """One torch eager SGD-momentum step of LeNet-5 from our initial weights."""
-    net = _torch_lenet(zoo.get("lenet5").init_parameters(0).state_dict(), threads)
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-
-    def step() -> float:
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(net(tx), ty)
-        loss.backward()
-        opt.step()
-        return float(loss.detach())
-    return step
+from cnncompiler import bench_train
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,47 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--json", dest="json_path")
     args = ap.parse_args(argv)
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((args.batch, 1, 32, 32)).astype(np.float32)
-    y = rng.integers(0, 10, args.batch)
-    rows = []
-    for threads in [int(t) for t in args.threads.split(",")]:
-        contenders = {}
-        for backend in args.backends.split(","):
-            net = zoo.get("lenet5").init_parameters(0)
-            options = {"threads": threads} if backend == "llvm" else {}
-            trainer = cnncompiler.compile_training(
-                net, optimizer=optim.SGD(lr=0.01, momentum=0.9), backend=backend,
-                batch_size=args.batch, **options)
-            trainer.prepare([args.batch])
-            contenders[f"{backend}"] = lambda t=trainer: t.step(x, y)
-        try:
-            import torch
-
-            contenders["torch"] = _torch_step(torch, threads, x, y)
-        except ImportError:
-            print("torch not installed: no peer (pip install torch==2.13.0)")
-        times: dict[str, list[float]] = {name: [] for name in contenders}
-        losses: dict[str, float] = {}
-        for step in contenders.values():   # warm-up
-            step()
-        for i in range(args.steps):
-            order = list(contenders) if i % 2 == 0 else list(reversed(contenders))
-            for name in order:
-                start = time.perf_counter()
-                losses[name] = contenders[name]()
-                times[name].append(time.perf_counter() - start)
-        base = statistics.median(times["torch"]) if "torch" in times else None
-        for name, ts in times.items():
-            med = statistics.median(ts)
-            p90 = sorted(ts)[int(0.9 * (len(ts) - 1))]
-            ratio = med / base if base else None
-            rows.append({"model": "lenet5", "batch": args.batch, "threads": threads,
-                         "backend": name, "median_ms": med * 1e3, "p90_ms": p90 * 1e3,
-                         "vs_torch": ratio, "loss": losses[name]})
-            print(f"lenet5 b{args.batch} t{threads} {name:<8} median {med * 1e3:7.2f} ms  "
-                  f"p90 {p90 * 1e3:7.2f} ms  vs torch {ratio if ratio else float('nan'):.2f}"
-                  f"  loss after {args.steps + 1} steps {losses[name]:.5f}", flush=True)
+    rows = bench_train.run(args.backends.split(","), [int(t) for t in args.threads.split(",")],
+                           args.batch, args.steps, log=lambda line: print(line, flush=True))
     if args.json_path:
         with open(args.json_path, "w") as f:
             json.dump(rows, f, indent=2)

@@ -303,11 +303,14 @@ def _int_list(ctx, param, value: str) -> list[int]:
               help="write the rows and machine info as JSON")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="write a PNG bar chart of the medians (needs matplotlib)")
+@click.option("--train", is_flag=True,
+              help="time compiled training steps against torch eager instead (lenet5; "
+                   "--batch is the training batch, --repeat the timed steps)")
 @_SHAPE_OPTION
 def bench(models: tuple[str, ...], backends: str, batches: list[int], threads: list[int],
           repeat: int, warmup: int, budget: float, cell_limit: float | None, seed: int,
           tolerance: float, json_path: str | None, plot_path: str | None,
-          shapes: tuple[str, ...]) -> None:
+          shapes: tuple[str, ...], train: bool) -> None:
     """Benchmark MODELS (built-in names or .onnx files, comma-separated) against onnxruntime.
 
     Each backend runs in its own process (peak RSS is its own); the backends of one cell are
@@ -320,6 +323,9 @@ def bench(models: tuple[str, ...], backends: str, batches: list[int], threads: l
 
     model_list = _split(models)
     backend_list = _split(backends)
+    if train:
+        _bench_training(model_list, backend_list, batches, threads, repeat, json_path)
+        return
     harness.check_models(model_list)
     harness.resolve_backends(backend_list)  # unknown names fail before anything runs
     if plot_path:
@@ -341,6 +347,25 @@ def bench(models: tuple[str, ...], backends: str, batches: list[int], threads: l
             f"{r['model']} {r['backend']} b{r['batch']} t{r['threads']}: {r['status']}"
             for r in flagged), err=True)
         sys.exit(1)
+
+
+def _bench_training(models: list[str], backends: list[str], batches: list[int],
+                    threads: list[int], steps: int, json_path: str | None) -> None:
+    """``cnnc bench --train``: compiled training steps against torch eager."""
+    from cnncompiler import bench_train
+
+    unknown = [m for m in models if m not in bench_train.MODELS]
+    if unknown:
+        raise click.BadParameter(f"{unknown}: training is benchmarked on "
+                                 f"{', '.join(bench_train.MODELS)}", param_hint="MODELS")
+    peers = [b for b in backends if b not in ("onnxruntime", "torch")]
+    rows = []
+    for batch in batches if batches != [1] else [64]:   # the default batch 1 means 64 here
+        rows += bench_train.run(peers, threads, batch, steps, log=click.echo)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(rows, f, indent=2)
+        click.echo(f"wrote {json_path}")
 
 
 # ---------------------------------------------------------------------- train

@@ -80,3 +80,18 @@ def test_relative_error_is_normwise_and_catches_shape_changes():
     assert _rel_err({"y": np.array([1.5, -100.0])}, want) == pytest.approx(0.005)
     assert _rel_err({"y": np.array([1.0, -100.0, 0.0])}, want) == float("inf")
     assert _rel_err({"y": np.array([np.nan, -100.0])}, want) == float("inf")
+
+
+def test_training_bench_times_compiled_steps(tmp_path):
+    """``cnnc bench lenet5 --train``: a row per contender; where torch is installed its
+    loss after the same steps agrees with ours (the same work is timed)."""
+    out = tmp_path / "train.json"
+    result = CliRunner().invoke(main, ["bench", "lenet5", "--train", "--backends", "llvm",
+                                       "--threads", "1", "--repeat", "2", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = {r["backend"]: r for r in json.loads(out.read_text())}
+    assert rows["llvm"]["median_ms"] > 0 and rows["llvm"]["batch"] == 64
+    if "torch" in rows:
+        assert abs(rows["llvm"]["loss"] - rows["torch"]["loss"]) < 1e-4
+    bad = CliRunner().invoke(main, ["bench", "resnet50", "--train"])
+    assert bad.exit_code != 0 and "lenet5" in bad.output
