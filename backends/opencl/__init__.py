@@ -3,7 +3,8 @@ run through pyopencl on any OpenCL device (GPUs, or PoCL on a CPU).
 
 Pieces: ``platform`` (finding and choosing a device, PoCL's cache directory, why none is
 available), ``render`` (kernel IR -> OpenCL C 1.2), ``executable`` (program build and
-binary cache, arena sub-buffers, weights uploaded once, the launch queue, profiling).
+binary cache, arena sub-buffers, weights uploaded once, the launch queue, profiling),
+``prebuild`` (a helper process sharing a cold compile's first launches).
 Schedules per device type: ``cpu`` (PoCL and other CPU devices: the LLVM backend's NCHW8c
 register-blocked convs and Winograd with ``float8`` vectors, one NDRange dimension, a few
 heavy work-items per core) and ``gpu`` (NCHW, nested parallel loops as up to three NDRange
