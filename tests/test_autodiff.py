@@ -8,7 +8,6 @@ from helpers import rel_err
 
 from cnncompiler.autodiff import gradients
 from cnncompiler.backends.reference import evaluate
-from cnncompiler.errors import UnsupportedError
 from cnncompiler.ir.builder import GraphBuilder
 
 
@@ -85,14 +84,14 @@ def test_conv(attrs):
     check("Conv", [rand(2, 3, 7, 6), rand(4, 3, 3, 3, seed=1), rand(4, seed=2)], **attrs)
 
 
-def test_grouped_conv_input_gradient_and_missing_filter_gradient():
-    b = GraphBuilder("g")
-    x = b.input("x", (1, 4, 5, 5), "float64")
-    w = b.input("w", (4, 2, 3, 3), "float64")
-    y = b.op("Conv", x, w, group=2)
-    loss = b.op("ReduceSum", y, keepdims=False)
-    with pytest.raises(UnsupportedError, match="grouped conv"):
-        gradients(b, b.nodes, loss, [w])
+@pytest.mark.parametrize("group,attrs", [
+    (2, {}),
+    (4, {"pads": (1, 1, 1, 1)}),                                   # depthwise
+    (2, {"strides": (2, 2), "pads": (1, 0, 1, 0), "rounding": "floor"}),
+])
+def test_grouped_conv(group, attrs):
+    check("Conv", [rand(2, 4, 6, 5), rand(6 if group == 2 else 4, 4 // group, 3, 3, seed=1),
+                   rand(6 if group == 2 else 4, seed=2)], group=group, **attrs)
 
 
 @pytest.mark.parametrize("attrs", [

@@ -150,13 +150,20 @@ def _conv_grad(b, node, grads):
     else:
         dx = b.op("ConvTranspose", g, w, strides=(sh, sw), pads=pads, dilations=(dh, dw),
                   group=group, output_padding=(rh, rw))
-    if group != 1:
-        raise UnsupportedError(f"node '{node.name}' (Conv): the filter gradient of a "
-                               f"grouped conv (group {group}) is not implemented yet")
-    xt = b.op("Transpose", x, perm=(1, 0, 2, 3))
+    # the batch becomes the channels and X's channels (within a group) the batch: a
+    # grouped conv of X, as [C/G, G*N, H, W], with g, as [K, N, OH, OW], gives
+    # [C/G, K, F', F']: every group's filters correlate their own channels with the batch
+    n, c = x.type.shape[:2]
+    cg = c // group
+    if group == 1:
+        xt = b.op("Transpose", x, perm=(1, 0, 2, 3))
+    else:
+        x5 = b.op("Reshape", x, shape=(n, group, cg, h, wd))
+        xt = b.op("Reshape", b.op("Transpose", x5, perm=(2, 1, 0, 3, 4)),
+                  shape=(cg, group * n, h, wd))
     gt = b.op("Transpose", g, perm=(1, 0, 2, 3))
     corr = b.op("Conv", xt, gt, strides=(dh, dw), pads=pads, dilations=(sh, sw),
-                rounding="floor")
+                group=group, rounding="floor")
     if corr.type.shape[2:] != (fh, fw):
         corr = b.op("Slice", corr, starts=(0, 0), ends=(fh, fw), axes=(2, 3))
     dw_ = b.op("Transpose", corr, perm=(1, 0, 2, 3))
