@@ -114,3 +114,14 @@ def test_tile_runs_cover_the_row(width, most):
     assert all(1 <= w <= most for _, w, _ in runs)
     if width >= 2 * most:   # the end tiles share the remainder: none narrower than half
         assert min(w for _, w, _ in runs) >= most // 2
+
+
+@pytest.mark.parametrize("other", [(1, 16, 5, 7), (1, 16, 1, 1), (1, 16, 5, 1)])
+def test_pointwise_conv_as_one_row_with_fused_operands(other):
+    """A 1x1 stride-1 conv runs as one H*W-column row; a fused operand broadcast over only
+    one spatial dim keeps the row-by-row schedule (the flat column would misaddress it)."""
+    b = GraphBuilder("pw")
+    x = b.input("x", (1, 16, 5, 7))
+    y = b.op("Conv", x, b.param("w", rand(16, 16, 1, 1)), b.param("b", rand(16)), name="conv")
+    y = b.op("Relu", b.op("Add", y, b.param("r", rand(*other)), name="add"), name="relu")
+    check(b.build(y))

@@ -27,7 +27,7 @@ finished output row while it is in L1) reads the stored row in place.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -153,9 +153,30 @@ def pack_weights(g: BlockedConv, w: np.ndarray) -> np.ndarray:
     return w.reshape(kb, lanes, g.cg // inb, inb, g.fh, g.fw).transpose(0, 2, 4, 5, 3, 1)
 
 
+def pointwise_rows(g: BlockedConv, kb, conv: Node) -> BlockedConv:
+    """A 1x1, stride-1, unpadded conv on blocked X and Y as one output row of OH*OW columns
+    (the same bytes: [N, C/8, H, W, 8] is [N, C/8, 1, H*W, 8]): a 7x7 output is then one
+    49-column row, 8 full register tiles and a 1-column tail, instead of 7 rows that each
+    end in a 1-column tail (ResNet-50's layer4 1x1 convs ran at 61% of peak that way).
+    Only where the fused epilogue reads every other operand either whole or broadcast over
+    both spatial dims, so the flat column index addresses it correctly."""
+    if not (g.blocked and g.x_blocked and (g.fh, g.fw, g.sh, g.sw) == (1, 1, 1, 1)
+            and g.pt == g.pl == 0 and (g.oh, g.ow) == (g.h, g.w) and g.oh > 1):
+        return g
+    out_spatial = (g.oh, g.ow)
+    for member in kb.members[1:]:
+        for v in member.inputs:
+            if v is None or v.type.rank < 4:
+                continue
+            spatial = tuple(v.type.shape[2:4])
+            if spatial not in (out_spatial, (1, 1)):
+                return g
+    return replace(g, h=1, w=g.h * g.w, oh=1, ow=g.oh * g.ow)
+
+
 def conv_nchwc(kb, conv: Node) -> list[K.Stmt]:
     """Statements of a kernel computing the blocked ``conv`` (the first member of ``kb``)."""
-    g = BlockedConv.of(conv)
+    g = pointwise_rows(BlockedConv.of(conv), kb, conv)
     x, w = conv.inputs[0], conv.inputs[1]
     bias = conv.inputs[2] if len(conv.inputs) > 2 else None
     dtype = K.scalar_of(kb.out.dtype)
