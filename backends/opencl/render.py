@@ -495,26 +495,7 @@ class _KernelRenderer:
         return known
 
     def speculatable(self, e: K.Expr) -> bool:
-        """Whether evaluating ``e`` eagerly can never fault."""
-        known = self.safe_memo.get(id(e))
-        if known is not None:
-            return known
-        if isinstance(e, K.Load):
-            ok = False
-        elif isinstance(e, K.Bin):
-            ok = self.speculatable(e.a) and self.speculatable(e.b)
-            if ok and e.op in _INT_DIV and e.a.dtype not in ("f32", "f64"):
-                ok = isinstance(e.b, K.Const) and int(e.b.value) not in (0, -1)
-        elif isinstance(e, K.Call):
-            ok = all(self.speculatable(a) for a in e.args)
-        elif isinstance(e, K.Select):
-            ok = all(self.speculatable(x) for x in (e.cond, e.a, e.b))
-        elif isinstance(e, (K.Cast, K.Broadcast, K.Extract)):
-            ok = self.speculatable(e.value)
-        else:
-            ok = True
-        self.safe_memo[id(e)] = ok
-        return ok
+        return K.speculatable(e, self.safe_memo)
 
     def cast(self, e: K.Cast) -> str:
         src, dst = e.value.dtype, e.dtype

@@ -279,6 +279,32 @@ def select(cond: Expr, a: ExprLike, b: ExprLike) -> Expr:
     return Select(cond, lift(a, dtype), lift(b, dtype))
 
 
+def speculatable(e: Expr, memo: dict[int, bool]) -> bool:
+    """Whether evaluating ``e`` eagerly can never fault: no load (it may be the guarded,
+    out-of-bounds one) and no integer division by anything but a constant other than 0 and
+    -1. Renderers evaluate a Select's arms eagerly only when both are speculatable, and
+    branch around them otherwise. ``memo`` caches results by ``id`` (expressions are DAGs)."""
+    known = memo.get(id(e))
+    if known is not None:
+        return known
+    if isinstance(e, Load):
+        ok = False
+    elif isinstance(e, Bin):
+        ok = speculatable(e.a, memo) and speculatable(e.b, memo)
+        if ok and e.op in ("//", "%", "/") and e.a.dtype not in ("f32", "f64"):
+            ok = isinstance(e.b, Const) and int(e.b.value) not in (0, -1)
+    elif isinstance(e, Call):
+        ok = all(speculatable(a, memo) for a in e.args)
+    elif isinstance(e, Select):
+        ok = all(speculatable(x, memo) for x in (e.cond, e.a, e.b))
+    elif isinstance(e, (Cast, Broadcast, Extract)):
+        ok = speculatable(e.value, memo)
+    else:
+        ok = True
+    memo[id(e)] = ok
+    return ok
+
+
 def flat_index(indices: list[Expr], shape: tuple[int, ...]) -> Expr:
     """Row-major offset of ``indices`` in an array of ``shape``."""
     offset: Expr = Const(0)
