@@ -126,6 +126,35 @@ def check_backend(graph, feeds, backend: str = "llvm", opt_level: int = 2, tol: 
             np.testing.assert_array_equal(g, e.astype(g.dtype))
 
 
+def check_symbolic_batch(backend: str) -> None:
+    """A graph with a symbolic batch runs at several batch sizes (specialised per size, in
+    any order) and still rejects a wrong spatial size or dtype with InputError."""
+    import pytest
+
+    import cnncompiler
+    from cnncompiler import nn
+    from cnncompiler.backends.reference import evaluate
+    from cnncompiler.errors import InputError
+
+    rng = np.random.default_rng(0)
+
+    def rand(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.GlobalAvgPool2d(),
+                        nn.Flatten(), nn.Linear(4, 2))
+    net.init_parameters(0)
+    g = net.to_graph(("N", 3, 8, 8))
+    cm = cnncompiler.compile(g, backend=backend)
+    for batch in (1, 3, 1):
+        x = rand(batch, 3, 8, 8)
+        assert rel_err(cm(x), evaluate(g, {"x": x})[0]) < 1e-5
+    with pytest.raises(InputError):
+        cm(rand(2, 3, 9, 8))
+    with pytest.raises(InputError, match="dtype"):
+        cm(np.ones((1, 3, 8, 8)))
+
+
 def check_llvm(graph, feeds, threads: int = 1, opt_level: int = 2, tol: float = 1e-4) -> None:
     """:func:`check_backend` on llvm with ``threads``."""
     check_backend(graph, feeds, "llvm", opt_level, tol, threads=threads)

@@ -29,12 +29,18 @@ def default_dir() -> Path:
 
 
 @functools.cache
-def code_digest() -> str:
-    """sha256 of this package's sources: what turns kernel IR into object code."""
+def sources_digest(directory: Path) -> str:
+    """sha256 of the Python sources in ``directory``: a backend's code, so an edited
+    renderer never loads stale cached code."""
     h = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
+    for path in sorted(Path(directory).glob("*.py")):
         h.update(path.read_bytes())
     return h.hexdigest()
+
+
+def code_digest() -> str:
+    """sha256 of this package's sources: what turns kernel IR into object code."""
+    return sources_digest(Path(__file__).parent)
 
 
 def cache_key(module_text: str, *parts: str) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cnncompiler.backends.llvm.cache import sources_digest
 from cnncompiler.backends.opencl import prebuild
 from cnncompiler.backends.opencl.platform import DeviceInfo, open_device
 from cnncompiler.backends.opencl.render import (
@@ -30,14 +31,6 @@ from cnncompiler.runtime.profile import Profile, kernel_row
 #: build options every program gets: OpenCL C 1.2 and warnings as errors, so what PoCL
 #: accepts is what a strict GPU compiler accepts too
 BUILD_OPTIONS = ("-cl-std=CL1.2", "-Werror")
-
-
-def code_digest() -> str:
-    """sha256 of this package's sources (a changed renderer never loads stale binaries)."""
-    h = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        h.update(path.read_bytes())
-    return h.hexdigest()
 
 
 class DeviceContext:
@@ -100,7 +93,7 @@ class CompiledProgram:
         # integer it reads). A helper process takes part of a big cold build (prebuild).
         cl.enqueue_fill_buffer(device.queue, self.arena, np.zeros(1, np.uint8), 0,
                                self.arena.size)
-        theirs = self._helper_share(cache)
+        theirs = self._helper_share()
         helper = prebuild.start_helper(device.info.platform_index, device.info.device_index,
                                        BUILD_OPTIONS, [self._job(i) for i in theirs]) \
             if theirs else None
@@ -116,7 +109,7 @@ class CompiledProgram:
         cl = self.device.cl
         for i in indices:
             _, kernel, call = self.launches[i]
-            args = [self._view(b.offset, buf.size * _itemsize(buf.dtype)) if b.in_arena
+            args = [self._view(b.offset, buf.nbytes) if b.in_arena
                     else self.weights[b.slot - 1]
                     for b, buf in zip(call.bindings, call.kernel.buffers)]
             if kernel.scratch_bytes:
@@ -126,7 +119,7 @@ class CompiledProgram:
             self.launches[i] = (handle, kernel, call)
             self._launch(handle, kernel)
 
-    def _helper_share(self, cache) -> list[int]:
+    def _helper_share(self) -> list[int]:
         """Kernels whose first launch a helper process should do (about half the code), or
         none: only for big programs on a platform whose own cache then serves them to us."""
         if (self.device.info.platform not in OWN_CACHE_PLATFORMS
@@ -143,7 +136,7 @@ class CompiledProgram:
 
     def _job(self, i: int) -> prebuild.Job:
         _, kernel, call = self.launches[i]
-        sizes = [buf.size * _itemsize(buf.dtype) for buf in call.kernel.buffers]
+        sizes = [buf.nbytes for buf in call.kernel.buffers]
         if kernel.scratch_bytes:
             sizes.append(kernel.scratch_bytes * kernel.work_items)
         return prebuild.Job(self.source, kernel.name, tuple(sizes), kernel.global_size,
@@ -216,10 +209,6 @@ def _peak(device: DeviceContext) -> tuple[float | None, str]:
     return peak_gflops(threads=units), f"{units} OpenCL compute units"
 
 
-def _itemsize(dtype: str) -> int:
-    return {"f32": 4, "f64": 8, "i64": 8, "i1": 1}[dtype]
-
-
 def _nbytes(v) -> int:
     return v.type.numel() * v.type.dtype.numpy.itemsize
 
@@ -240,7 +229,8 @@ def _build(device: DeviceContext, source: str, cache):
         cache = None
     options = list(BUILD_OPTIONS)
     key = hashlib.sha256("\0".join([source, info.platform, info.platform_version, info.name,
-                                    info.driver, " ".join(options), code_digest(),
+                                    info.driver, " ".join(options),
+                                    sources_digest(Path(__file__).parent),
                                     cl.VERSION_TEXT]).encode()).hexdigest()
     if cache is not None:
         binary = cache.get(key)

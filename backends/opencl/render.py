@@ -56,7 +56,6 @@ MAX_DIMS = 3
 
 _C_TYPES = {"f32": "float", "f64": "double", "i64": "long", "i1": "int"}
 _MEMORY_TYPES = {"f32": "float", "f64": "double", "i64": "long", "i1": "uchar"}
-_ITEM_BYTES = {"f32": 4, "f64": 8, "i64": 8, "i1": 1}
 _BUILTINS = {"exp": "exp", "log": "log", "sqrt": "sqrt", "tanh": "tanh", "erf": "erf",
              "abs": "fabs", "floor": "floor", "ceil": "ceil", "pow": "pow", "fma": "fma"}
 _INT_DIV = ("//", "%", "/")
@@ -314,7 +313,7 @@ class _KernelRenderer:
         self.names[id(buf)] = name
         self.buffer_types[id(buf)] = buf.dtype
         ctype = _MEMORY_TYPES[buf.dtype]
-        size = buf.size * _ITEM_BYTES[buf.dtype]
+        size = buf.nbytes
         if size <= PRIVATE_LIMIT:
             self.out.line(f"{ctype} {name}[{buf.size}] __attribute__((aligned(32)));")
             return

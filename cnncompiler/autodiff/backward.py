@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -10,11 +10,17 @@ from cnncompiler.errors import UnsupportedError
 from cnncompiler.ir.builder import GraphBuilder
 from cnncompiler.ir.graph import Graph, Node, Value, ValueKind
 
+#: ``rewrite(b, node, inputs)``: the outputs to use for ``node`` (built with ``b`` from the
+#: copy's ``inputs``), or None to copy the node as it is
+Rewrite = Callable[[GraphBuilder, Node, list], "list[Value] | None"]
 
-def rebuild(graph: Graph, as_inputs: Iterable[str] = ()) -> tuple[GraphBuilder, dict[str, Value]]:
+
+def rebuild(graph: Graph, as_inputs: Iterable[str] = (), rewrite: Rewrite | None = None
+            ) -> tuple[GraphBuilder, dict[str, Value]]:
     """A builder holding a copy of ``graph`` (same names), with the stored values named in
     ``as_inputs`` turned into graph inputs (a training step feeds its parameters), and the
-    map from old value names to the copy's values."""
+    map from old value names to the copy's values. ``rewrite`` may replace nodes on the
+    way (train mode rewrites BatchNormalization and Dropout)."""
     as_inputs = set(as_inputs)
     b = GraphBuilder(graph.name)
     env: dict[str, Value] = {}
@@ -28,10 +34,11 @@ def rebuild(graph: Graph, as_inputs: Iterable[str] = ()) -> tuple[GraphBuilder, 
             kind = graph.values[name].kind
             env[name] = b.param(name, data, trainable=kind is ValueKind.PARAM)
     for node in graph.nodes:
-        outs = b.add_node(node.op, [env[v.name] if v is not None else None
-                                    for v in node.inputs],
-                          dict(node.attrs), name=node.name,
-                          output_names=[v.name for v in node.outputs])
+        ins = [env[v.name] if v is not None else None for v in node.inputs]
+        outs = rewrite(b, node, ins) if rewrite is not None else None
+        if outs is None:
+            outs = b.add_node(node.op, ins, dict(node.attrs), name=node.name,
+                              output_names=[v.name for v in node.outputs])
         env.update((old.name, new) for old, new in zip(node.outputs, outs))
     return b, env
 

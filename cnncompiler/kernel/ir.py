@@ -89,6 +89,10 @@ class Var(Expr):
     dtype: str = "i64"
 
 
+#: bytes of one element of a buffer of each scalar type (bools are stored as bytes)
+ITEM_BYTES = {"f32": 4, "f64": 8, "i64": 8, "i1": 1}
+
+
 @dataclass(frozen=True, eq=False)
 class Buffer:
     """A flat array parameter of a kernel: ``size`` elements of ``dtype``."""
@@ -96,6 +100,10 @@ class Buffer:
     name: str
     dtype: str
     size: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * ITEM_BYTES[self.dtype]
 
 
 @dataclass(frozen=True, eq=False)

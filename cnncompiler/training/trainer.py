@@ -29,6 +29,7 @@ from cnncompiler.errors import InputError, ModelError, UnsupportedError
 from cnncompiler.ir.builder import GraphBuilder
 from cnncompiler.ir.graph import Graph, Node, Value, ValueKind
 from cnncompiler.ir.specialize import bind_symbols
+from cnncompiler.ops.gradients import scalar
 from cnncompiler.optim import SGD, Optimizer
 from cnncompiler.runtime.api import as_graph, compile
 from cnncompiler.training.losses import CLASSIFICATION, get_loss
@@ -82,10 +83,6 @@ def running_stats(graph: Graph) -> list[str]:
     return names
 
 
-def _scalar(b: GraphBuilder, value: float, like: Value) -> Value:
-    return b.const(np.asarray(value, like.type.dtype.numpy), "k")
-
-
 def _batch_norm_train(b: GraphBuilder, node: Node, x: Value, scale: Value, bias: Value,
                       mean: Value, var: Value) -> tuple[Value, Value, Value]:
     """Train-mode BatchNormalization in ops that have gradient rules: (y, new running mean,
@@ -115,7 +112,7 @@ def _batch_norm_train(b: GraphBuilder, node: Node, x: Value, scale: Value, bias:
     batch_var = op("ReduceMean", op("Mul", centred, centred, label="square"), axes=axes,
                    keepdims=True, label="batch_var")
     # the per-channel factor first, so the full tensor sees one Mul and one Add
-    std = op("Sqrt", op("Add", batch_var, _scalar(b, eps, x), label="var_eps"), label="std")
+    std = op("Sqrt", op("Add", batch_var, scalar(b, eps, x), label="var_eps"), label="std")
     factor = op("Div", op("Reshape", scale, shape=per_channel, label="scale"), std,
                 label="factor")
     y = b.op("Add", op("Mul", centred, factor, label="scaled"),
@@ -123,8 +120,8 @@ def _batch_norm_train(b: GraphBuilder, node: Node, x: Value, scale: Value, bias:
 
     def update(running: Value, batch: Value, weight: float, label: str) -> Value:
         flat = op("Reshape", batch, shape=(c,), label=f"{label}_flat")
-        return op("Add", op("Mul", running, _scalar(b, momentum, running), label=f"{label}_old"),
-                  op("Mul", flat, _scalar(b, weight, running), label=f"{label}_new"),
+        return op("Add", op("Mul", running, scalar(b, momentum, running), label=f"{label}_old"),
+                  op("Mul", flat, scalar(b, weight, running), label=f"{label}_new"),
                   label=f"{label}_update")
 
     new_mean = update(mean, batch_mean, 1.0 - momentum, "mean")
@@ -137,21 +134,15 @@ def train_mode_graph(graph: Graph) -> TrainMode:
     statistics plus its running-statistics update (extra outputs), each Dropout with a
     positive ratio to ``x * mask``, ``mask`` an input holding 0 or 1/(1 - ratio) per element.
     Everything else, names included, is copied as is."""
-    b = GraphBuilder(graph.name)
-    env: dict[str, Value] = {v.name: b.input(v.name, v.type.shape, v.type.dtype)
-                             for v in graph.inputs}
-    for name, data in graph.data.items():
-        if name in graph.values:
-            env[name] = b.param(name, data, trainable=graph.values[name].kind is ValueKind.PARAM)
     mode = TrainMode(graph, running_stats(graph))
     updated: dict[str, Value] = {}
-    for node in graph.nodes:
-        ins = [None if v is None else env[v.name] for v in node.inputs]
+
+    def rewrite(b: GraphBuilder, node: Node, ins: list) -> list[Value] | None:
         if node.op == "BatchNormalization":
             y, new_mean, new_var = _batch_norm_train(b, node, *ins)
             updated[node.inputs[3].name], updated[node.inputs[4].name] = new_mean, new_var
-            outs = [y]
-        elif node.op == "Dropout" and node.attrs["ratio"] > 0:
+            return [y]
+        if node.op == "Dropout" and node.attrs["ratio"] > 0:
             x = ins[0]
             name, i = f"{node.name}.mask", 0
             while name in graph.values:
@@ -159,11 +150,10 @@ def train_mode_graph(graph: Graph) -> TrainMode:
                 name = f"{node.name}.mask{i}"
             mask = b.input(name, x.type.shape, x.type.dtype)
             mode.masks.append(DropoutMask(mask.name, node.attrs["ratio"], x.type.shape))
-            outs = [b.op("Mul", x, mask, name=node.name)]
-        else:
-            outs = b.add_node(node.op, ins, dict(node.attrs), name=node.name,
-                              output_names=[v.name for v in node.outputs])
-        env.update((old.name, new) for old, new in zip(node.outputs, outs))
+            return [b.op("Mul", x, mask, name=node.name)]
+        return None
+
+    b, env = rebuild(graph, rewrite=rewrite)
     mode.graph = b.build([*(env[v.name] for v in graph.outputs),
                           *(updated[name] for name in mode.stats)])
     return mode
