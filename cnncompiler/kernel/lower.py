@@ -27,6 +27,8 @@ from cnncompiler.kernel.common import (  # noqa: F401 - DTYPES is re-exported
 )
 from cnncompiler.kernel.conv_nchwc import blocked_conv_problem, conv_nchwc
 from cnncompiler.kernel.gemm import gemm_problem, gemm_rows, gemm_scale
+from cnncompiler.kernel.gemm_tiled import gemm_tiled, tiled_gemm_problem
+from cnncompiler.kernel.im2col import im2col_grad_rows, im2col_rows
 from cnncompiler.kernel.lower_reduce import (
     lower_arg_extreme,
     lower_reduce,
@@ -87,6 +89,16 @@ class KernelBuilder:
                 and shape_of(self.output) == shape_of(node.outputs[0])
                 and not any(b in m.inputs for m in self.members[1:]))
 
+    def takes_gemm_tiled(self, node: Node) -> bool:
+        """Does the run-time-operand GEMM schedule compute ``node`` (the group's first
+        member)? Not a batch-1 product with a stored B: streaming the weights once per
+        output (the generic lowering) is what that one needs."""
+        a, b = node.inputs[0], node.inputs[1]
+        return (a.name in self.buffers and b.name in self.buffers
+                and tiled_gemm_problem(node) is None
+                and shape_of(self.output) == shape_of(node.outputs[0])
+                and not (self.data_of(b) is not None and shape_of(node.outputs[0])[0] == 1))
+
     def data_of(self, v: Value) -> np.ndarray | None:
         """The array of a stored input (a weight), or None if ``v`` is computed at run time."""
         outer = self.outer.get(v.name)
@@ -133,6 +145,8 @@ class KernelBuilder:
             body = conv_rows(self, first)
         elif first.op in ("Gemm", "MatMul") and cpu and self.takes_gemm_rows(first):
             body = gemm_rows(self, first)
+        elif first.op in ("Gemm", "MatMul") and cpu and self.takes_gemm_tiled(first):
+            body = gemm_tiled(self, first)
         else:
             shape = shape_of(self.output)
             idx: list[K.Expr] = [self.names.var("i") for _ in shape]
@@ -660,7 +674,8 @@ def softmax_rows(kb: KernelBuilder, node: Node) -> list[K.Stmt]:
     return [K.Loop(r, K.Const(0), K.Const(rows), body, "parallel")]
 
 
-ROW_KERNELS = {"Softmax": softmax_rows, "LogSoftmax": softmax_rows}
+ROW_KERNELS = {"Softmax": softmax_rows, "LogSoftmax": softmax_rows, "Im2Col": im2col_rows,
+               "Im2ColGrad": im2col_grad_rows}
 
 
 def conv_rows(kb: KernelBuilder, conv: Node) -> list[K.Stmt]:

@@ -6,6 +6,7 @@ from cnncompiler.ops import (  # noqa: F401  (importing a module registers its o
     conv,
     conv_transpose,
     fused,
+    im2col,
     layout_ops,
     linear,
     math_ops,

@@ -31,6 +31,7 @@ from cnncompiler.ir.graph import Graph, Node, Value, ValueKind
 from cnncompiler.ir.specialize import bind_symbols
 from cnncompiler.ops.gradients import scalar
 from cnncompiler.optim import SGD, Optimizer
+from cnncompiler.passes.conv_gemm import conv_as_gemm
 from cnncompiler.runtime.api import as_graph, compile
 from cnncompiler.training.losses import CLASSIFICATION, get_loss
 
@@ -224,7 +225,9 @@ class Trainer:
         parameters, the new optimiser slots and the new running statistics."""
         mode = self.train_mode(batch)
         self._masks[batch] = mode.masks
-        b, env = rebuild(mode.graph, as_inputs=[*self.param_names, *self.stat_names])
+        # dense convs as Im2Col + GEMM: forward and backward become matrix products
+        b, env = rebuild(mode.graph, as_inputs=[*self.param_names, *self.stat_names],
+                         rewrite=conv_as_gemm)
         out = env[mode.graph.outputs[0].name]
         new_stats = [env[v.name] for v in mode.graph.outputs[1:]]
         target = b.input("target", out.type.shape, out.type.dtype)

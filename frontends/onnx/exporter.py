@@ -295,7 +295,7 @@ _SAME_OPS = (
 EXPANDED = {"Fused", "LayoutTransform"}
 #: backward-pass ops ONNX has no counterpart for: they only occur in training-step graphs,
 #: never in a model to export (a Trainer exports its forward graph)
-TRAINING_ONLY = {"MaxPoolGrad"}
+TRAINING_ONLY = {"MaxPoolGrad", "Im2Col", "Im2ColGrad"}
 
 TRANSLATIONS: dict[str, Callable[[_Emit], None]] = {
     **dict.fromkeys(_SAME_OPS, _same),

@@ -1,0 +1,235 @@
+"""Matrix products of two run-time operands, register-blocked: C[M, N] = op(A) · op(B).
+
+Training makes every matrix product a product of computed tensors (activations times
+gradients, a conv lowered to im2col times weights that change every step), so nothing can
+be repacked at compile time (contrast :mod:`.gemm`, whose B is a stored weight). Two
+micro-kernels cover the layouts the backward pass produces:
+
+- **outer product** (B not transposed: a row of B is contiguous). A tile of ``MR`` x ``NR``
+  outputs (6 rows x 16 columns: 12 vector accumulators on AVX2's 16 registers) is built one
+  depth step at a time: 2 vector loads of B's row segment, 6 broadcasts of A's column
+  segment, 12 fused multiply-adds (BLIS's 6x16 AVX2 kernel, without packing). A may be
+  transposed: its 6 scalars are then contiguous instead of strided. Parallel units are
+  column panels of 16; each walks every row tile over one chunk of the depth at a time, so
+  the panel's chunk of B (``KC`` x 16 floats) stays in L1 while A streams from L2.
+- **dot product** (A [M, K] and B [N, K], both contiguous along the depth: C = A · Bᵀ, the
+  weight gradient of a conv or FC layer). A tile of ``DR`` x ``DC`` outputs (3 x 4) keeps
+  one vector of 8 partial sums each; per 8 depth steps it loads 3 + 4 vectors for 12 FMAs,
+  and adds up the lanes once per chunk. The unit loop runs over the operand with more
+  rows, so the other one, re-read per unit, is the smaller.
+
+Depth chunks (``KC``) bound what a unit keeps in cache; a chunk after the first adds to the
+partial result stored by the ones before. Edges (M, N, K not multiples of the tile) get
+narrower tiles and a scalar depth tail, all resolved at compile time. Gemm's alpha and β·C
+and any fused elementwise epilogue run over the unit's finished outputs.
+"""
+
+from __future__ import annotations
+
+from cnncompiler.ir.graph import Node
+from cnncompiler.kernel import ir as K
+from cnncompiler.kernel.gemm import gemm_scale
+
+LANES = 8
+#: outer-product tile: rows of A x vectors of B (12 accumulators, 2 B vectors, 1 broadcast)
+MR, NV = 6, 2
+NR = NV * LANES
+#: dot-product tile: rows of A x rows of B (12 accumulators, 3 + 4 operand vectors... the
+#: loads are consumed as they come, so 15 registers suffice)
+DR, DC = 4, 3
+#: depth per chunk: outer product (B chunk KC_OUTER x 16 floats = 16 KiB, in L1), dot
+#: product (A and B chunks of 3 and 4 rows x KC_DOT floats: 56 KiB, in L2)
+KC_OUTER, KC_DOT = 256, 2048
+
+
+def tiled_gemm_problem(node: Node) -> str | None:
+    """Why :func:`gemm_tiled` does not compute ``node`` (None if it does)."""
+    if node.op not in ("Gemm", "MatMul"):
+        return f"{node.op} is not a matrix product"
+    a, b = node.inputs[0].type, node.inputs[1].type
+    if a.rank != 2 or b.rank != 2 or not (a.is_static and b.is_static):
+        return "the operands are not static 2-D matrices"
+    if node.outputs[0].type.dtype.value != "float32":
+        return "only float32 has this schedule"
+    if node.op == "Gemm" and node.attrs["transA"] and node.attrs["transB"]:
+        return "both operands transposed"
+    return None
+
+
+def gemm_tiled(kb, node: Node) -> list[K.Stmt]:
+    """Statements computing the matrix product ``node`` (the first member of ``kb``)."""
+    ta = bool(node.op == "Gemm" and node.attrs["transA"])
+    tb = bool(node.op == "Gemm" and node.attrs["transB"])
+    (m_, n_), depth = node.outputs[0].type.shape, node.inputs[0].type.shape[0 if ta else 1]
+    a, b = kb.buffers[node.inputs[0].name], kb.buffers[node.inputs[1].name]
+    if tb:
+        return _dot_product(kb, node, a, b, m_, n_, depth)
+    return _outer_product(kb, node, a, b, ta, m_, n_, depth)
+
+
+def _chunks(depth: int, size: int) -> list[tuple[int, int]]:
+    return [(k0, min(depth, k0 + size)) for k0 in range(0, depth, size)]
+
+
+def _finish(kb, node: Node, rows: tuple[K.Expr, int], cols: tuple[K.Expr, int],
+            n_: int) -> list[K.Stmt]:
+    """alpha·C + β·bias and the fused epilogue over outputs [i0, i0+rows) x [j0, j0+cols),
+    read back where the product was stored."""
+    needs_scale = node.op == "Gemm" and (node.attrs["alpha"] != 1.0 or (
+        len(node.inputs) > 2 and node.inputs[2] is not None and node.attrs["beta"] != 0.0))
+    if not needs_scale and kb.members[-1] is node:
+        return []
+    (i0, height), (j0, width) = rows, cols
+    i, j = kb.fresh("fi"), kb.fresh("fj")
+    idx = [i0 + i, j0 + j]
+    flat = idx[0] * n_ + idx[1]
+    stmts, value = gemm_scale(kb, node, idx, K.Load(kb.out, flat))
+    stmts.append(K.Store(kb.out, flat, value))
+    if kb.members[-1] is not node:
+        kb.buffers[node.outputs[0].name] = kb.out
+        pre, result = kb.element(kb.output, idx)
+        stmts += pre + [K.Store(kb.out, flat, result)]
+    return [K.Loop(i, K.Const(0), K.Const(height), [
+        K.Loop(j, K.Const(0), K.Const(width), stmts, "vector")])]
+
+
+def _units(kb, extent: int, size: int, body_of) -> list[K.Stmt]:
+    """One parallel loop over ``extent`` cut into units of ``size`` (the last one narrower):
+    a kernel's only top-level statement, as threads and NDRanges split that loop alone."""
+    unit = kb.fresh("unit")
+    full, rest = divmod(extent, size)
+    if not rest:
+        body = body_of(unit * size, size)
+    elif not full:
+        body = body_of(K.Const(0), rest)
+    else:
+        body = [K.If(unit.lt(full), body_of(unit * size, size),
+                     body_of(K.Const(full * size), rest))]
+    return [K.Loop(unit, K.Const(0), K.Const(full + (1 if rest else 0)), body, "parallel")]
+
+
+# ------------------------------------------------------------------ outer product
+def _outer_product(kb, node: Node, a: K.Buffer, b: K.Buffer, ta: bool, m_: int, n_: int,
+                   depth: int) -> list[K.Stmt]:
+    def a_at(row: K.Expr, k: K.Expr) -> K.Expr:
+        return k * m_ + row if ta else row * depth + k
+
+    def tile(i0: K.Expr, height: int, j0: K.Expr, width: int, k0: int, k1: int,
+             first: bool) -> list[K.Stmt]:
+        """``height`` rows x ``width`` columns (a multiple of 8, or < 8: scalar lanes) over
+        depth [k0, k1); the first chunk starts from zero, later ones from the stored sum."""
+        vec = width >= LANES
+        count = width // LANES if vec else width
+        kind = K.vector("f32", LANES) if vec else "f32"
+        step = LANES if vec else 1
+        acc = [[kb.fresh(f"acc{r}_{c}_", kind) for c in range(count)] for r in range(height)]
+        stmts: list[K.Stmt] = []
+        for r in range(height):
+            for c in range(count):
+                where = (i0 + r) * n_ + j0 + c * step
+                start = (K.Load(kb.out, where, LANES) if vec else K.Load(kb.out, where)) \
+                    if not first else (K.broadcast(0.0, LANES) if vec else K.Const(0.0, "f32"))
+                stmts.append(K.Declare(acc[r][c], start))
+        k, bo = kb.fresh("k"), kb.fresh("bo")
+        body: list[K.Stmt] = [K.Declare(bo, k * n_ + j0)]
+        bv = [K.Load(b, bo + c * LANES, LANES) if vec else K.Load(b, bo + c)
+              for c in range(count)]
+        for r in range(height):
+            av = K.Load(a, a_at(i0 + r, k))
+            av = K.Broadcast(av, LANES) if vec else av
+            body += [K.Assign(acc[r][c], K.fma(av, bv[c], acc[r][c])) for c in range(count)]
+        stmts.append(K.Loop(k, K.Const(k0), K.Const(k1), body, "rolled"))
+        for r in range(height):
+            for c in range(count):
+                stmts.append(K.Store(kb.out, (i0 + r) * n_ + j0 + c * step, acc[r][c]))
+        return stmts
+
+    def panel(j0: K.Expr, width: int) -> list[K.Stmt]:
+        """Every row tile of the column panel [j0, j0 + width), chunk by chunk."""
+        stmts: list[K.Stmt] = []
+        pieces = [w for w in (NR, LANES) if width >= w][:1] or [width]
+        split = [(0, pieces[0])] if width == pieces[0] else \
+            [(0, width // LANES * LANES), (width // LANES * LANES, width % LANES)]
+        split = [(off, w) for off, w in split if w]
+        chunks = _chunks(depth, KC_OUTER if m_ > MR else depth)
+        full = m_ // MR
+        for ci, (k0, k1) in enumerate(chunks):
+            for off, w in split:
+                if full:
+                    it = kb.fresh("it")
+                    stmts.append(K.Loop(it, K.Const(0), K.Const(full),
+                                        tile(it * MR, MR, j0 + off, w, k0, k1, ci == 0),
+                                        "rolled"))
+                if m_ % MR:
+                    stmts += tile(K.Const(full * MR), m_ % MR, j0 + off, w, k0, k1, ci == 0)
+        return stmts + _finish(kb, node, (K.Const(0), m_), (j0, width), n_)
+
+    return _units(kb, n_, NR, panel)
+
+
+# -------------------------------------------------------------------- dot product
+def _dot_product(kb, node: Node, a: K.Buffer, b: K.Buffer, m_: int, n_: int,
+                 depth: int) -> list[K.Stmt]:
+    # units over the operand with more rows; the other one is re-read per unit
+    swap = n_ < m_
+    units_of, inner_of = (m_, n_) if swap else (n_, m_)
+    unit_rows, inner_rows = (DR, DC) if swap else (DC, DR)
+
+    def tile(u0: K.Expr, uh: int, v0: K.Expr, vh: int, k0: int, k1: int,
+             first: bool) -> list[K.Stmt]:
+        """``uh`` unit rows x ``vh`` inner rows of C (A rows x B rows, either way round)."""
+        rows_a, rows_b = ((u0, uh), (v0, vh)) if swap else ((v0, vh), (u0, uh))
+        (ia, ha), (ib, hb) = rows_a, rows_b
+        vec = K.vector("f32", LANES)
+        full = (k1 - k0) // LANES * LANES
+        acc = [[kb.fresh(f"d{r}_{c}_", vec) for c in range(hb)] for r in range(ha)]
+        tail = [[kb.fresh(f"t{r}_{c}_", "f32") for c in range(hb)] for r in range(ha)]
+        stmts: list[K.Stmt] = []
+        if full:
+            stmts += [K.Declare(x, K.broadcast(0.0, LANES)) for row in acc for x in row]
+            kk, ao, bo = kb.fresh("kk"), kb.fresh("ao"), kb.fresh("bo")
+            body: list[K.Stmt] = [K.Declare(ao, ia * depth + k0 + kk * LANES),
+                                  K.Declare(bo, ib * depth + k0 + kk * LANES)]
+            av = [K.Load(a, ao + r * depth, LANES) for r in range(ha)]
+            bv = [K.Load(b, bo + c * depth, LANES) for c in range(hb)]
+            body += [K.Assign(acc[r][c], K.fma(av[r], bv[c], acc[r][c]))
+                     for r in range(ha) for c in range(hb)]
+            stmts.append(K.Loop(kk, K.Const(0), K.Const(full // LANES), body, "rolled"))
+        if k0 + full < k1:
+            stmts += [K.Declare(x, K.Const(0.0, "f32")) for row in tail for x in row]
+            k = kb.fresh("k")
+            body = [K.Assign(tail[r][c], K.fma(K.Load(a, (ia + r) * depth + k),
+                                               K.Load(b, (ib + c) * depth + k), tail[r][c]))
+                    for r in range(ha) for c in range(hb)]
+            stmts.append(K.Loop(k, K.Const(k0 + full), K.Const(k1), body))
+        for r in range(ha):
+            for c in range(hb):
+                total: K.Expr = K.Const(0.0, "f32")
+                if k0 + full < k1:
+                    total = tail[r][c]
+                if full:
+                    for lane in range(LANES):
+                        total = total + K.Extract(acc[r][c], lane)
+                where = (ia + r) * n_ + ib + c
+                if not first:
+                    total = K.Load(kb.out, where) + total
+                stmts.append(K.Store(kb.out, where, total))
+        return stmts
+
+    def unit_body(u0: K.Expr, uh: int) -> list[K.Stmt]:
+        stmts: list[K.Stmt] = []
+        chunks = _chunks(depth, KC_DOT if inner_of > inner_rows else depth)
+        full = inner_of // inner_rows
+        for ci, (k0, k1) in enumerate(chunks):
+            if full:
+                v = kb.fresh("v")
+                stmts.append(K.Loop(v, K.Const(0), K.Const(full),
+                                    tile(u0, uh, v * inner_rows, inner_rows, k0, k1, ci == 0),
+                                    "rolled"))
+            if inner_of % inner_rows:
+                stmts += tile(u0, uh, K.Const(full * inner_rows), inner_of % inner_rows,
+                              k0, k1, ci == 0)
+        rows, cols = ((u0, uh), (K.Const(0), n_)) if swap else ((K.Const(0), m_), (u0, uh))
+        return stmts + _finish(kb, node, rows, cols, n_)
+
+    return _units(kb, units_of, unit_rows, unit_body)
