@@ -48,6 +48,9 @@ from cnncompiler.kernel.lower_tensor import (
 )
 from cnncompiler.kernel.winograd import winograd_nchwc, winograd_problem
 
+#: elements per parallel iteration of a flat elementwise kernel (a multiple of the vectors)
+FLAT_BLOCK = 2048
+
 
 class KernelBuilder:
     """Builds the kernel of one output of one node (``output``: its position among the
@@ -99,6 +102,34 @@ class KernelBuilder:
                 and shape_of(self.output) == shape_of(node.outputs[0])
                 and not (self.data_of(b) is not None and shape_of(node.outputs[0])[0] == 1))
 
+    def is_flat_elementwise(self) -> bool:
+        """Is every member elementwise over operands of the output's shape (or single
+        elements)? Then the kernel can walk all elements as one flat range: no short
+        innermost rows (a 28-wide row is 3 vectors and a scalar tail of 4)."""
+        shape = shape_of(self.output)
+        if len(shape) < 2 or shape[-1] == 1:   # a last dim of 1 would read as broadcast
+            return False
+        for m in self.members:
+            if m.opdef.scalar is None or m.opdef.per_channel_inputs:
+                return False
+            for v in (*m.inputs, *m.outputs):
+                if v is not None and shape_of(v) != shape and math.prod(shape_of(v)) != 1:
+                    return False
+        return True
+
+    def flat_elementwise(self) -> list[K.Stmt]:
+        """The elementwise group over its flat element range, in parallel blocks."""
+        total = math.prod(shape_of(self.output))
+        block, i = self.fresh("blk"), self.fresh("i")
+        # operands of the output's shape read [0, ..., 0, i]: their flat offset is i
+        idx: list[K.Expr] = [K.Const(0)] * (len(shape_of(self.output)) - 1) + [i]
+        stmts, value = self.element(self.output, idx)
+        start = block * FLAT_BLOCK
+        loop = K.Loop(i, start, K.minimum(start + FLAT_BLOCK, total),
+                      stmts + [K.Store(self.out, i, value)], "vector")
+        return [K.Loop(block, K.Const(0), K.Const(-(-total // FLAT_BLOCK)), [loop],
+                       "parallel")]
+
     def data_of(self, v: Value) -> np.ndarray | None:
         """The array of a stored input (a weight), or None if ``v`` is computed at run time."""
         outer = self.outer.get(v.name)
@@ -147,6 +178,8 @@ class KernelBuilder:
             body = gemm_rows(self, first)
         elif first.op in ("Gemm", "MatMul") and cpu and self.takes_gemm_tiled(first):
             body = gemm_tiled(self, first)
+        elif cpu and self.is_flat_elementwise():
+            body = self.flat_elementwise()
         else:
             shape = shape_of(self.output)
             idx: list[K.Expr] = [self.names.var("i") for _ in shape]

@@ -227,10 +227,12 @@ MAX_POOL_GRAD = register(OpDef(
 
 # ---------------------------------------------------------------------- gradients
 def _average_pool_grad(b, node, grads):
-    """Each window's gradient spread evenly over its cells: a depthwise transposed conv
-    with a constant 1/(kh kw) filter (exact where every divisor is the window area: no
-    padding, or count_include_pad)."""
+    """Each window's gradient spread evenly over its cells: where the windows tile the
+    input, an upsampling (Reshape, Expand) times 1/(kh kw); otherwise a depthwise
+    transposed conv with a constant 1/(kh kw) filter (exact where every divisor is the
+    window area: no padding, or count_include_pad)."""
     from cnncompiler.errors import UnsupportedError
+    from cnncompiler.ops.gradients import mul_scalar
 
     (g,), x, a = grads, node.inputs[0], node.attrs
     if any(a["pads"]) and not a["count_include_pad"]:
@@ -241,6 +243,12 @@ def _average_pool_grad(b, node, grads):
     (oh, ow), pads = g.type.shape[2:], a["pads"]
     rh = h + pads[0] + pads[2] - kh - (oh - 1) * sh
     rw = w + pads[1] + pads[3] - kw - (ow - 1) * sw
+    if (sh, sw) == (kh, kw) and not any(pads) and (h, w) == (oh * kh, ow * kw):
+        # windows tile the input: each cell takes its window's share, an upsampling
+        n = x.type.shape[0]
+        spread = b.op("Expand", b.op("Reshape", g, shape=(n, c, oh, 1, ow, 1)),
+                      shape=(n, c, oh, kh, ow, kw))
+        return [mul_scalar(b, b.op("Reshape", spread, shape=(n, c, h, w)), 1.0 / (kh * kw))]
     ones = b.const(np.full((c, 1, kh, kw), 1.0 / (kh * kw), x.type.dtype.numpy), "pool_grad")
     return [b.op("ConvTranspose", g, ones, strides=(sh, sw), pads=pads, group=c,
                  output_padding=(rh, rw))]
