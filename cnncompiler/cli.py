@@ -304,8 +304,9 @@ def _int_list(ctx, param, value: str) -> list[int]:
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="write a PNG bar chart of the medians (needs matplotlib)")
 @click.option("--train", is_flag=True,
-              help="time compiled training steps against torch eager instead (lenet5; "
-                   "--batch is the training batch, --repeat the timed steps)")
+              help="time compiled training steps against torch eager instead (any zoo "
+                   "model; --batch is the training batch, default 64 for lenet5 and 8 "
+                   "otherwise, --repeat the timed steps, --shape x=C,H,W the input size)")
 @_SHAPE_OPTION
 def bench(models: tuple[str, ...], backends: str, batches: list[int], threads: list[int],
           repeat: int, warmup: int, budget: float, cell_limit: float | None, seed: int,
@@ -324,7 +325,8 @@ def bench(models: tuple[str, ...], backends: str, batches: list[int], threads: l
     model_list = _split(models)
     backend_list = _split(backends)
     if train:
-        _bench_training(model_list, backend_list, batches, threads, repeat, json_path)
+        _bench_training(model_list, backend_list, batches, threads, repeat, json_path,
+                        _parse_shapes(shapes))
         return
     harness.check_models(model_list)
     harness.resolve_backends(backend_list)  # unknown names fail before anything runs
@@ -350,18 +352,39 @@ def bench(models: tuple[str, ...], backends: str, batches: list[int], threads: l
 
 
 def _bench_training(models: list[str], backends: list[str], batches: list[int],
-                    threads: list[int], steps: int, json_path: str | None) -> None:
-    """``cnnc bench --train``: compiled training steps against torch eager."""
+                    threads: list[int], steps: int, json_path: str | None,
+                    shapes: dict[str, tuple[int, ...]]) -> None:
+    """``cnnc bench --train``: compiled training steps of zoo models against torch eager.
+
+    ``--shape x=C,H,W`` sets the input size (``x=N,C,H,W`` also sets the batch); without
+    ``--batch`` (whose default 1 means "the model's default" here) LeNet-5 steps 64 examples
+    and the others 8.
+    """
     from cnncompiler import bench_train
 
-    unknown = [m for m in models if m not in bench_train.MODELS]
+    canonical = [m.lower().replace("-", "_") for m in models]
+    unknown = [m for m, c in zip(models, canonical) if c not in bench_train.MODELS]
     if unknown:
-        raise click.BadParameter(f"{unknown}: training is benchmarked on "
+        raise click.BadParameter(f"{unknown}: training is benchmarked on the zoo models "
                                  f"{', '.join(bench_train.MODELS)}", param_hint="MODELS")
+    input_shape = None
+    if shapes:
+        (name, dims), *rest = shapes.items()
+        if rest or name != "x" or len(dims) not in (3, 4):
+            raise click.BadParameter(f"{shapes}: the zoo models take one input x; use "
+                                     "x=C,H,W or x=N,C,H,W", param_hint="--shape")
+        if len(dims) == 4:
+            if batches not in ([1], [dims[0]]):
+                raise click.BadParameter(f"x={','.join(map(str, dims))} says batch {dims[0]} "
+                                         f"but --batch says {batches}", param_hint="--shape")
+            batches, dims = [dims[0]], dims[1:]
+        input_shape = dims
     peers = [b for b in backends if b not in ("onnxruntime", "torch")]
     rows = []
-    for batch in batches if batches != [1] else [64]:   # the default batch 1 means 64 here
-        rows += bench_train.run(peers, threads, batch, steps, log=click.echo)
+    for model in canonical:
+        for batch in batches if batches != [1] else [None]:   # None: the model's default
+            rows += bench_train.run(peers, threads, batch, steps, log=click.echo, model=model,
+                                    input_shape=input_shape)
     if json_path:
         with open(json_path, "w") as f:
             json.dump(rows, f, indent=2)
