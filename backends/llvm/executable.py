@@ -1,6 +1,11 @@
 """A compiled model on the LLVM backend: every kernel of the optimised graph in one LLVM
 module, called in order by one native entry point, with activations at the memory plan's
-offsets inside one arena. Shapes are specialised per batch size (compiled on first use)."""
+offsets inside one arena. Shapes are specialised per batch size (compiled on first use).
+
+State (``compile(..., state=...)``) lives in the arena at its inputs' offsets from call to
+call: a call copies in only the other inputs and out only the other outputs, and the native
+call updates the state in place (or copies the next value over it at its end; see
+:mod:`cnncompiler.kernel.program`)."""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -41,20 +46,27 @@ class CompiledGraph:
     """One static-shape graph: its native entry point, arena and weights."""
 
     def __init__(self, graph: Graph, engine_factory, threads: int = 1, cache=None,
-                 keep_kernels: bool = False):
+                 keep_kernels: bool = False, state: Mapping[str, str] | None = None):
         """``keep_kernels`` keeps the kernel IR in ``kernels`` (for AOT export, which renders
         it again); otherwise ``kernels`` is None once the code is loaded: ResNet-50's IR is
         ~100k Python objects that every later garbage collection of the process would walk
-        (+0.1 s on the next compile)."""
+        (+0.1 s on the next compile). ``state`` maps state inputs to their next values."""
         from cnncompiler.backends.llvm.objects import model_objects
 
         self.graph = graph
+        self.state = dict(state or {})
+        updates = set(self.state.values())
+        self.inputs = [v for v in graph.inputs if v.name not in self.state]
+        self.outputs = [v for v in graph.outputs if v.name not in updates]
+        self._state_types = {v.name: v.type for v in graph.inputs if v.name in self.state}
         self.threads = threads if _work_flops(graph) >= MIN_FLOPS_PER_THREAD * threads else 1
         threads = self.threads
         # weights, then compile-time tables, are passed as args[1:] (binding slot k is
         # args[k]; slot 0 is the arena); a weight only a repacked table reads (conv filters
         # in a blocked layout) is not passed at all
-        program = lower_graph(graph, ALIGN)
+        program = lower_graph(graph, ALIGN, state=self.state)
+        self.program_graph = program.graph   # the schedule (state writes may reorder it)
+        self.state_copies = program.state_copies   # state updated by a copy, not in place
         self.plan, self.weights = program.plan, program.weights
         kernels = [call.kernel for call in program.calls]
         calls = [(call.kernel.name, [(b.slot, b.offset) for b in call.bindings])
@@ -81,8 +93,16 @@ class CompiledGraph:
         self._args = (ctypes.c_void_p * len(pointers))(*pointers)
 
     def _feed(self, inputs: Sequence[np.ndarray]) -> None:
-        for v, x in zip(self.graph.inputs, inputs):
+        for v, x in zip(self.inputs, inputs):
             self._view(v.name, x.shape, x.dtype)[...] = x
+
+    def read_state(self, name: str) -> np.ndarray:
+        t = self._state_types[name]
+        return self._view(name, t.shape, t.dtype.numpy).copy()
+
+    def write_state(self, name: str, value: np.ndarray) -> None:
+        t = self._state_types[name]
+        self._view(name, t.shape, t.dtype.numpy)[...] = value
 
     def profile(self, inputs: Sequence[np.ndarray], repeats: int = 5) -> Profile:
         """Time every kernel on its own (best of ``repeats``), in schedule order."""
@@ -121,7 +141,7 @@ class CompiledGraph:
         else:
             self._entry(self._args)
         return [self._view(v.name, v.type.shape, v.type.dtype.numpy).copy()
-                for v in self.graph.outputs]
+                for v in self.outputs]
 
 
 #: stack of each helper thread of a ThreadTeam
@@ -218,6 +238,8 @@ class ThreadTeam:
 
 
 class LLVMExecutable(PerShapeExecutable):
+    native_state = True   # in the arena (see the module docstring)
+
     def __init__(self, graph: Graph, engine_factory, threads: int = 1, cache=None):
         self.engine_factory = engine_factory
         self.threads = threads
@@ -225,7 +247,8 @@ class LLVMExecutable(PerShapeExecutable):
         super().__init__(graph)
 
     def build(self, graph: Graph) -> CompiledGraph:
-        return CompiledGraph(graph, self.engine_factory, self.threads, self.cache)
+        return CompiledGraph(graph, self.engine_factory, self.threads, self.cache,
+                             state=self.state)
 
     def export(self, path, batch: int | None = None) -> dict[str, str]:
         """AOT: a shared library + C header + weights file (see :mod:`.aot`)."""

@@ -2,13 +2,15 @@
 graph, an arena buffer laid out by the memory plan (each activation a sub-buffer of it),
 weights uploaded once, and an in-order queue. A call copies the inputs in, enqueues every
 kernel and copies the outputs out: host<->device traffic only at the model boundary.
-Shapes are specialised per batch size (compiled on first use), as on the LLVM backend."""
+Shapes are specialised per batch size (compiled on first use), as on the LLVM backend.
+State (``compile(..., state=...)``) stays in the arena on the device between calls, updated
+there by the kernels (no host round trip); only ``get_state``/``set_state`` transfer it."""
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -56,11 +58,14 @@ class DeviceContext:
 class CompiledProgram:
     """One static-shape graph on one device."""
 
-    def __init__(self, graph: Graph, device: DeviceContext, cache=None):
+    def __init__(self, graph: Graph, device: DeviceContext, cache=None,
+                 state: Mapping[str, str] | None = None):
         cl = device.cl
         self.graph, self.device = graph, device
-        program = lower_graph(graph, device.alignment, device.schedule)
+        self.state = dict(state or {})
+        program = lower_graph(graph, device.alignment, device.schedule, state=self.state)
         self.plan = program.plan
+        self.state_copies = program.state_copies   # state updated by a copy, not in place
         # a CPU device wants a few heavy work-items per core; a GPU one per row or element
         rendered = [render_kernel(c.kernel, 1 if device.cpu else MAX_DIMS)
                     for c in program.calls]
@@ -82,9 +87,13 @@ class CompiledProgram:
         self.scratch = cl.Buffer(ctx, flags.READ_WRITE, scratch) if scratch else None
         self._views: dict[tuple[int, int], object] = {}
         self.launches = [(None, kernel, call) for call, kernel in zip(program.calls, rendered)]
-        self.inputs = [self._view(self.plan.offsets[v.name], _nbytes(v)) for v in graph.inputs]
+        updates = set(self.state.values())
+        self.inputs = [self._view(self.plan.offsets[v.name], _nbytes(v)) for v in graph.inputs
+                       if v.name not in self.state]
         self.outputs = [(self._view(self.plan.offsets[v.name], _nbytes(v)), v)
-                        for v in graph.outputs]
+                        for v in graph.outputs if v.name not in updates]
+        self._state = {v.name: (self._view(self.plan.offsets[v.name], _nbytes(v)), v)
+                       for v in graph.inputs if v.name in self.state}
         # Build every program and launch each kernel once on a zeroed arena. Drivers finish
         # compiling a kernel at its first launch (PoCL generates its work-group function
         # then: most of a cold compile); doing it here keeps that inside compile(), where it
@@ -165,6 +174,19 @@ class CompiledProgram:
         for buffer, x in zip(self.inputs, inputs):
             if x.nbytes:
                 cl.enqueue_copy(queue, buffer, np.ascontiguousarray(x), is_blocking=False)
+
+    def read_state(self, name: str) -> np.ndarray:
+        buffer, v = self._state[name]
+        out = np.empty(v.type.shape, v.type.dtype.numpy)
+        if out.nbytes:
+            self.device.cl.enqueue_copy(self.device.queue, out, buffer, is_blocking=True)
+        return out
+
+    def write_state(self, name: str, value: np.ndarray) -> None:
+        buffer, v = self._state[name]
+        if value.nbytes:
+            self.device.cl.enqueue_copy(self.device.queue, buffer, np.ascontiguousarray(value),
+                                        is_blocking=True)
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         cl, queue = self.device.cl, self.device.queue
@@ -252,9 +274,11 @@ def _build(device: DeviceContext, source: str, cache):
 
 
 class OpenCLExecutable(PerShapeExecutable):
+    native_state = True   # in the device arena (see the module docstring)
+
     def __init__(self, graph: Graph, device: DeviceContext, cache=None):
         self.device, self.cache = device, cache
         super().__init__(graph)
 
     def build(self, graph: Graph) -> CompiledProgram:
-        return CompiledProgram(graph, self.device, self.cache)
+        return CompiledProgram(graph, self.device, self.cache, state=self.state)

@@ -13,10 +13,12 @@ micro-kernels cover the layouts the backward pass produces:
   column panels of 16; each walks every row tile over one chunk of the depth at a time, so
   the panel's chunk of B (``KC`` x 16 floats) stays in L1 while A streams from L2.
 - **dot product** (A [M, K] and B [N, K], both contiguous along the depth: C = A · Bᵀ, the
-  weight gradient of a conv or FC layer). A tile of ``DR`` x ``DC`` outputs (3 x 4) keeps
-  one vector of 8 partial sums each; per 8 depth steps it loads 3 + 4 vectors for 12 FMAs,
-  and adds up the lanes once per chunk. The unit loop runs over the operand with more
-  rows, so the other one, re-read per unit, is the smaller.
+  weight gradient of a conv or FC layer). A tile of ``DR`` x ``DC`` outputs (4 x 3) keeps
+  one vector of 8 partial sums each; per 8 depth steps it holds 3 vectors of B and streams
+  4 of A through one register, 12 FMAs on 16 registers (a 3 x 4 tile, whose 4 B vectors
+  LLVM also holds, spills an accumulator every step and ran at half the speed), and adds
+  up the lanes once per chunk. The unit loop runs over the operand with more rows, so the
+  other one, re-read per unit, is the smaller.
 
 Depth chunks (``KC``) bound what a unit keeps in cache; a chunk after the first adds to the
 partial result stored by the ones before. Edges (M, N, K not multiples of the tile) get
@@ -34,11 +36,10 @@ LANES = 8
 #: outer-product tile: rows of A x vectors of B (12 accumulators, 2 B vectors, 1 broadcast)
 MR, NV = 6, 2
 NR = NV * LANES
-#: dot-product tile: rows of A x rows of B (12 accumulators, 3 + 4 operand vectors... the
-#: loads are consumed as they come, so 15 registers suffice)
+#: dot-product tile: rows of A x rows of B (12 accumulators, 3 B vectors, 1 A vector)
 DR, DC = 4, 3
 #: depth per chunk: outer product (B chunk KC_OUTER x 16 floats = 16 KiB, in L1), dot
-#: product (A and B chunks of 3 and 4 rows x KC_DOT floats: 56 KiB, in L2)
+#: product (A and B chunks of 4 and 3 rows x KC_DOT floats: 56 KiB, in L2)
 KC_OUTER, KC_DOT = 256, 2048
 
 

@@ -24,11 +24,20 @@ Stored tensors (parameters, constants) live outside the arena: their bytes are r
 ``weights_bytes``. Intermediates inside a ``Fused`` body never reach memory and are not
 planned. Symbolic dims (the batch) are bound to ``batch``.
 
+*State* (read-modify-write bindings, ``state={input: next-value output}``): a state input's
+bytes persist from call to call, so its buffer is live over the whole schedule and nothing
+else may take it. A next value written *in place* (``state_in_place``) shares its input's
+buffer; that is only correct when every other reader of the input (and of views of it) runs
+before the node writing it, which :func:`order_state_writes` arranges (it reorders the
+schedule, or leaves a binding to a copy at the end of the call where no order works).
+
 :func:`check_plan` is an independent checker that replays the schedule against a plan.
 """
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from cnncompiler.errors import GraphError
@@ -66,6 +75,8 @@ class MemoryPlan:
     order: str = "size"
     num_steps: int = 0                         # nodes in the schedule (+1 for the outputs)
     inplace: list[str] = field(default_factory=list)  # values written over an input
+    state: dict[str, str] = field(default_factory=dict)  # state input -> its next value
+    state_in_place: list[str] = field(default_factory=list)  # state inputs updated in place
 
     def owner(self, name: str) -> str:
         """The value that allocated ``name``'s buffer (itself unless it is an alias)."""
@@ -97,7 +108,8 @@ class MemoryPlan:
                 "views": len(self.aliases) - len(self.inplace), "in_place": len(self.inplace),
                 "offsets": dict(self.offsets), "sizes": dict(self.sizes),
                 "lifetimes": {k: list(v) for k, v in self.lifetimes.items()},
-                "aliases": dict(self.aliases)}
+                "aliases": dict(self.aliases), "state": dict(self.state),
+                "state_in_place": list(self.state_in_place)}
 
     def describe(self) -> str:
         views = len(self.aliases) - len(self.inplace)
@@ -123,8 +135,15 @@ def _nbytes(v: Value, batch: int) -> int:
 
 
 def plan_memory(graph: Graph, batch: int = 1, alignment: int = 64, inplace: bool = True,
-                order: str = "size") -> MemoryPlan:
-    """Plan one arena for ``graph``'s activations (see the module docstring)."""
+                order: str = "size", state: Mapping[str, str] | None = None,
+                state_in_place: Mapping[str, str] | None = None) -> MemoryPlan:
+    """Plan one arena for ``graph``'s activations (see the module docstring).
+
+    ``state`` maps each state input to the output holding its next value; ``state_in_place``
+    is the subset whose next value shares the input's buffer (from
+    :func:`order_state_writes`, whose node order ``graph`` must have)."""
+    state = dict(state or {})
+    state_in_place = dict(state_in_place or {})
     if alignment < 1:
         raise ValueError(f"alignment must be >= 1, got {alignment}")
     if order not in ORDERS:
@@ -145,6 +164,10 @@ def plan_memory(graph: Graph, batch: int = 1, alignment: int = 64, inplace: bool
             sizes[v.name] = _nbytes(v, batch)
     for v in graph.outputs:
         last[v.name] = end
+    for name in state:
+        if name not in state_in_place:   # its bytes outlive the call
+            last[name] = end
+    writes_state = {new: name for name, new in state_in_place.items()}
 
     # buffers: owner value -> member values; aliases: value -> the input it reuses
     aliases: dict[str, str] = {}
@@ -166,6 +189,8 @@ def plan_memory(graph: Graph, batch: int = 1, alignment: int = 64, inplace: bool
         own(v.name)
     for i, node in enumerate(graph.nodes):
         src = _alias_source(node, i, inplace, sizes, last, owner, members, graph_inputs)
+        if len(node.outputs) == 1 and node.outputs[0].name in writes_state:
+            src = writes_state[node.outputs[0].name]
         for k, out in enumerate(node.outputs):
             if k == 0 and src is not None:
                 share(out.name, src)
@@ -192,7 +217,8 @@ def plan_memory(graph: Graph, batch: int = 1, alignment: int = 64, inplace: bool
                       naive_bytes=sum(size for name, size in sizes.items()
                                       if name not in aliases or name in in_place),
                       weights_bytes=weights, live_bytes=max(live), batch=batch,
-                      alignment=alignment, order=order, num_steps=end + 1, inplace=in_place)
+                      alignment=alignment, order=order, num_steps=end + 1, inplace=in_place,
+                      state=state, state_in_place=list(state_in_place))
 
 
 def _alias_source(node: Node, step: int, inplace: bool, sizes: dict[str, int],
@@ -218,6 +244,108 @@ def _alias_source(node: Node, step: int, inplace: bool, sizes: dict[str, int],
         if buf not in graph_inputs and all(last[m] <= step for m in members[buf]):
             return x.name
     return None
+
+
+# ---------------------------------------------------------------------------- state order
+def buffer_views(graph: Graph, name: str) -> set[str]:
+    """``name`` and every value that views its bytes (a chain of view ops whose output the
+    planner aliases to its input): all of them are readers of ``name``'s buffer."""
+    names = {name}
+    sizes = {name: graph.values[name].type.nbytes(default=1)}
+    for node in graph.nodes:
+        x = node.inputs[0] if node.inputs else None
+        if (node.opdef.view and x is not None and x.name in names and node.outputs
+                and node.outputs[0].type.nbytes(default=1) == sizes[x.name]):
+            names.add(node.outputs[0].name)
+            sizes[node.outputs[0].name] = sizes[x.name]
+    return names
+
+
+def order_state_writes(graph: Graph, state: Mapping[str, str],
+                       can_write: Callable[[Node, str], bool] | None = None
+                       ) -> tuple[Graph, dict[str, str]]:
+    """A schedule in which state next values can be written over their inputs, and the
+    bindings that can (``{input: next value}``); the others need a copy at the end.
+
+    Writing ``new`` over ``w`` in place is correct only if every other node reading ``w``
+    (or a view of it) runs before the node writing ``new``: that is added as an ordering
+    constraint. A binding is left out when its writer is not a node (``new`` is an input or
+    stored), is a view or has several outputs, reads a view of ``w`` besides ``w`` itself,
+    or is refused by ``can_write(writer, w)`` (the backend's check that its kernel reads
+    ``w`` only where it writes; by default only plain elementwise ops of ``w``'s type, the
+    ops that may run in place anyway); or when the constraint would close a cycle (a reader
+    of ``w`` needs ``new``: both values must then be live at once). The schedule is the
+    original node order wherever the constraints allow (a stable topological sort)."""
+    if can_write is None:
+        def can_write(node: Node, w: str) -> bool:
+            return (node.opdef.fusion in INPLACE_KINDS
+                    and node.outputs[0].type == graph.values[w].type)
+    nodes = graph.nodes
+    producer = {v.name: i for i, n in enumerate(nodes) for v in n.outputs}
+    succ: list[set[int]] = [set() for _ in nodes]
+    for j, n in enumerate(nodes):
+        for v in n.inputs:
+            if v is not None and v.name in producer:
+                succ[producer[v.name]].add(j)
+    outputs = {v.name for v in graph.outputs}
+    chosen: dict[str, str] = {}
+    for w, new in state.items():
+        i = producer.get(new)
+        if new == w or i is None:
+            continue
+        writer = nodes[i]
+        buf = buffer_views(graph, w)
+        if writer.opdef.view or len(writer.outputs) != 1 or buf & outputs:
+            continue
+        if any(v is not None and v.name in buf and v.name != w for v in writer.inputs):
+            continue
+        readers = {j for j, n in enumerate(nodes) if j != i
+                   and any(v is not None and v.name in buf for v in n.inputs)}
+        if _reaches(succ, i, readers) or not can_write(writer, w):
+            continue
+        for j in readers:
+            succ[j].add(i)
+        chosen[w] = new
+    if not chosen:
+        return graph, chosen
+    order = _stable_topological(succ)
+    return Graph(graph.name, graph.inputs, graph.outputs, [nodes[j] for j in order],
+                 graph.data), chosen
+
+
+def _reaches(succ: list[set[int]], start: int, targets: set[int]) -> bool:
+    """Whether a path leads from node ``start`` to any of ``targets``."""
+    seen, stack = {start}, [start]
+    while stack:
+        for j in succ[stack.pop()]:
+            if j in targets:
+                return True
+            if j not in seen:
+                seen.add(j)
+                stack.append(j)
+    return False
+
+
+def _stable_topological(succ: list[set[int]]) -> list[int]:
+    """A topological order of the DAG ``succ`` that takes the lowest-numbered ready node
+    first (so it is the identity order whenever that order is valid)."""
+    indegree = [0] * len(succ)
+    for targets in succ:
+        for j in targets:
+            indegree[j] += 1
+    ready = [i for i, d in enumerate(indegree) if d == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for j in succ[i]:
+            indegree[j] -= 1
+            if indegree[j] == 0:
+                heapq.heappush(ready, j)
+    if len(order) != len(succ):   # _reaches keeps the constraints acyclic
+        raise GraphError("memory plan: the state ordering constraints form a cycle")
+    return order
 
 
 def _align(n: int, alignment: int) -> int:
@@ -275,7 +403,11 @@ def check_plan(graph: Graph, plan: MemoryPlan) -> None:
             born[v.name] = i
     for v in graph.outputs:
         reads[v.name] = n
+    for name in plan.state:
+        if name not in plan.state_in_place:   # a state input's bytes outlive the call
+            reads[name] = n
     dies = {name: max(born[name], reads.get(name, born[name])) for name in acts}
+    state_writes = {plan.state[w]: w for w in plan.state_in_place}
 
     def region(name: str) -> tuple[int, int]:
         return plan.offsets[name], plan.offsets[name] + plan.sizes[name]
@@ -314,13 +446,15 @@ def check_plan(graph: Graph, plan: MemoryPlan) -> None:
         in_place = (node.opdef.fusion in INPLACE_KINDS and len(node.outputs) == 1
                     and any(x is not None and x.name == src for x in node.inputs)
                     and acts[src].type == acts[name].type)
-        if not (view or in_place) or region(name) != region(src):
+        state_write = (state_writes.get(name) == src and len(node.outputs) == 1
+                       and not node.opdef.view and acts[src].type == acts[name].type)
+        if not (view or in_place or state_write) or region(name) != region(src):
             raise GraphError(f"memory plan: {name!r} ({node.op} {node.name!r}) cannot alias "
                              f"{src!r} at {region(src)}: placed at {region(name)}")
         root = src
         while root in plan.aliases:
             root = plan.aliases[root]
-        if not view and root in inputs:
+        if not view and not state_write and root in inputs:
             raise GraphError(f"memory plan: {name!r} ({node.op} {node.name!r}) is written in "
                              f"place over the caller's input {root!r}")
 
@@ -367,3 +501,6 @@ def check_plan(graph: Graph, plan: MemoryPlan) -> None:
     for v in graph.outputs:
         if v.name not in intact:
             raise GraphError(f"memory plan: graph output {v.name!r} was overwritten")
+    for name in plan.state:
+        if name not in plan.state_in_place and name not in intact:
+            raise GraphError(f"memory plan: state input {name!r} was overwritten")

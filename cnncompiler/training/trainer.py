@@ -5,6 +5,11 @@ The step graph takes the batch, its targets, every trainable parameter, every op
 and the optimiser's scalar hyper-parameters as inputs, and returns the loss, the new
 parameters and the new slots. Parameters are inputs rather than stored weights so the same
 compiled code serves every step (a backend repacks stored weights at compile time).
+Parameters, slots and running statistics are compiled as *state* (``compile(...,
+state=...)``): they live in the step executable's buffers and each step updates them there
+(in place on llvm and opencl), so a step copies in only the batch and out only the loss.
+The trainer reads them back only when asked (``params``, ``state_dict``, ``predict``...),
+and moves them to another batch size's step model when the batch size changes.
 
 The step graph runs the model in train mode (:func:`train_mode_graph`): BatchNormalization
 normalises with the batch's statistics and updates its running statistics (which, like the
@@ -204,11 +209,16 @@ class Trainer:
         names = [v.name for v in graph.values.values()
                  if v.kind is ValueKind.PARAM and v.name not in self.stat_names]
         self.param_names = sorted(names)
-        self.params = {n: np.array(graph.data[n], np.float32) for n in self.param_names}
-        self.stats = {n: np.array(graph.data[n], np.float32) for n in self.stat_names}
+        self.slot_names = [f"{n}.{s}" for n in self.param_names
+                           for s in self.optimizer.slot_names()]
         self.seed = seed
-        self.slots = {f"{n}.{s}": np.zeros_like(self.params[n])
-                      for n in self.param_names for s in self.optimizer.slot_names()}
+        # the current state, here until a step model holds it (then ``_holder``)
+        self._host_state: dict[str, np.ndarray] = {
+            **{n: np.array(graph.data[n], np.float32) for n in self.param_names},
+            **{n: np.array(graph.data[n], np.float32) for n in self.stat_names},
+            **{f"{n}.{s}": np.zeros(graph.values[n].type.shape, np.float32)
+               for n in self.param_names for s in self.optimizer.slot_names()}}
+        self._holder: Any = None
         self.steps = 0
         self._step_models: dict[int, Any] = {}
         self._masks: dict[int, list[DropoutMask]] = {}
@@ -254,9 +264,74 @@ class Trainer:
     def _step_model(self, batch: int):
         model = self._step_models.get(batch)
         if model is None:
-            model = compile(self.step_graph(batch), backend=self.backend, **self.options)
+            graph = self.step_graph(batch)
+            names = self.state_names
+            updates = graph.outputs[1:1 + len(names)]   # after the loss, in this order
+            model = compile(graph, backend=self.backend,
+                            state={n: v.name for n, v in zip(names, updates)}, **self.options)
             self._step_models[batch] = model
         return model
+
+    # ------------------------------------------------------ where the state lives
+    @property
+    def state_names(self) -> list[str]:
+        """Parameters, optimiser slots and running statistics: the step models' state, in
+        the order of the step graph's outputs after the loss."""
+        return [*self.param_names, *self.slot_names, *self.stat_names]
+
+    def _values(self, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """Copies of the current values of ``names``, wherever the state lives."""
+        if self._holder is not None:
+            return {n: self._holder.get_state(n) for n in names}
+        return {n: self._host_state[n].copy() for n in names}
+
+    def _set_values(self, values: dict[str, np.ndarray]) -> None:
+        """Replace some of the state: it comes back to the host (one copy), and the next
+        step moves it into its step model."""
+        state = self._values(self.state_names)
+        for name, value in values.items():
+            if name not in state:
+                raise ModelError(f"{name!r} is not a parameter, slot or running statistic")
+            if np.shape(value) != state[name].shape:
+                raise ModelError(f"{name}: shape {list(np.shape(value))}, expected "
+                                 f"{list(state[name].shape)}")
+            state[name] = np.array(value, np.float32)
+        self._host_state, self._holder = state, None
+
+    def _hold(self, model) -> None:
+        """Make ``model`` hold the state (a copy from the previous holder or the host)."""
+        if model is self._holder:
+            return
+        for name, value in self._values(self.state_names).items():
+            model.set_state(name, value)
+        self._holder, self._host_state = model, {}
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        """The current parameters (copies)."""
+        return self._values(self.param_names)
+
+    @params.setter
+    def params(self, values: dict[str, np.ndarray]) -> None:
+        self._set_values(values)
+
+    @property
+    def slots(self) -> dict[str, np.ndarray]:
+        """The current optimiser slots by ``name.slot`` (copies)."""
+        return self._values(self.slot_names)
+
+    @slots.setter
+    def slots(self, values: dict[str, np.ndarray]) -> None:
+        self._set_values(values)
+
+    @property
+    def stats(self) -> dict[str, np.ndarray]:
+        """The current running statistics (copies)."""
+        return self._values(self.stat_names)
+
+    @stats.setter
+    def stats(self, values: dict[str, np.ndarray]) -> None:
+        self._set_values(values)
 
     # ------------------------------------------------------------------ data
     def _targets(self, y: np.ndarray, shape: tuple) -> np.ndarray:
@@ -284,19 +359,15 @@ class Trainer:
         x = np.ascontiguousarray(x, np.float32)
         model = self._step_model(len(x))
         out_shape = model.graph.values["target"].type.shape
+        targets = self._targets(y, out_shape)
+        self._hold(model)
         self.steps += 1
-        feeds = {model.graph.inputs[0].name: x, "target": self._targets(y, out_shape)}
-        feeds.update(self.params)
-        feeds.update(self.slots)
-        feeds.update(self.stats)
+        feeds = {model.graph.inputs[0].name: x, "target": targets}
         feeds.update(self.dropout_masks(len(x), self.steps))
         feeds.update({f"hyper.{h}": np.full(1, v, np.float32)
                       for h, v in self.optimizer.hyper(self.steps).items()})
-        loss, *rest = model(**feeds)
-        n, k = len(self.param_names), len(self.param_names) + len(self.slots)
-        self.params = dict(zip(self.param_names, rest[:n]))
-        self.slots = dict(zip(self.slots, rest[n:k]))
-        self.stats = dict(zip(self.stat_names, rest[k:]))
+        result = model(**feeds)   # the loss (and any other output); the state stays inside
+        loss = result[0] if isinstance(result, tuple) else result
         value = float(np.asarray(loss).reshape(-1)[0])
         if not math.isfinite(value):
             raise ModelError(f"the loss became {value} at step {self.steps}; lower the "
@@ -331,9 +402,9 @@ class Trainer:
             self._eval_model = compile(b.build(env[self.graph.outputs[0].name]),
                                        backend=self.backend, **self.options)
         name = self._eval_model.graph.inputs[0].name
+        weights = self._values([*self.param_names, *self.stat_names])   # read once
         outs = [self._eval_model(**{name: np.ascontiguousarray(x[i:i + batch_size],
-                                                               np.float32)},
-                                 **self.params, **self.stats)
+                                                               np.float32)}, **weights)
                 for i in range(0, len(x), batch_size)]
         return np.concatenate(outs)
 
@@ -343,22 +414,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Parameters and running statistics by name, optimiser slots as ``name.slot``."""
-        return {**self.params, **self.stats, **self.slots}
+        """Parameters and running statistics by name, optimiser slots as ``name.slot``
+        (copies of the values the step model holds)."""
+        return self._values([*self.param_names, *self.stat_names, *self.slot_names])
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        expected = set(self.params) | set(self.stats) | set(self.slots)
+        expected = set(self.state_names)
         if set(state) != expected:
             raise ModelError(f"state names differ: missing {sorted(expected - set(state))}, "
                              f"unexpected {sorted(set(state) - expected)}")
-        for name, value in state.items():
-            mine = self.state_dict()[name]
-            if mine.shape != value.shape:
-                raise ModelError(f"{name}: shape {list(value.shape)}, expected "
-                                 f"{list(mine.shape)}")
-        self.params = {n: np.array(state[n], np.float32) for n in self.params}
-        self.stats = {n: np.array(state[n], np.float32) for n in self.stats}
-        self.slots = {n: np.array(state[n], np.float32) for n in self.slots}
+        self._set_values(state)
 
     def save(self, path: str | os.PathLike) -> None:
         np.savez(path, **self.state_dict(), __steps__=np.array(self.steps))
