@@ -141,3 +141,39 @@ def _clip_grad(b, node, grads):
 
 
 LEAKY_RELU.grad, CLIP.grad = _leaky_relu_grad, _clip_grad
+
+
+def _hard_sigmoid_grad(b, node, grads):
+    """g * alpha inside the linear part 0 < alpha x + beta < 1, else 0."""
+    from cnncompiler.ops.gradients import masked, mul_scalar, scalar
+
+    (g,), (x,) = grads, node.inputs
+    alpha, beta = node.attrs["alpha"], node.attrs["beta"]
+    z = b.op("Add", mul_scalar(b, x, alpha), scalar(b, beta, x))
+    d = masked(b, b.op("Greater", z, scalar(b, 0.0, x)), mul_scalar(b, g, alpha))
+    return [masked(b, b.op("Less", z, scalar(b, 1.0, x)), d)]
+
+
+def _hard_swish_grad(b, node, grads):
+    """d(x clip(x/6 + 1/2, 0, 1)) = 0 below -3, 1 above 3, x/3 + 1/2 between."""
+    from cnncompiler.ops.gradients import mul_scalar, scalar
+
+    (g,), (x,) = grads, node.inputs
+    ramp = b.op("Mul", g, b.op("Add", mul_scalar(b, x, 1.0 / 3.0), scalar(b, 0.5, x)))
+    low = b.op("Where", b.op("Less", x, scalar(b, -3.0, x)), scalar(b, 0.0, x), ramp)
+    return [b.op("Where", b.op("Greater", x, scalar(b, 3.0, x)), g, low)]
+
+
+def _prelu_grad(b, node, grads):
+    """dX = g where x >= 0 else g * slope; dslope = g * x where x < 0, summed back to the
+    slope's (broadcast) shape."""
+    from cnncompiler.ops.gradients import masked, scalar, unbroadcast
+
+    (g,), (x, slope) = grads, node.inputs
+    negative = b.op("Less", x, scalar(b, 0.0, x))
+    dx = b.op("Where", negative, b.op("Mul", g, slope), g)
+    return [dx, unbroadcast(b, masked(b, negative, b.op("Mul", g, x)), slope)]
+
+
+HARD_SIGMOID.grad, HARD_SWISH.grad, PRELU.grad = _hard_sigmoid_grad, _hard_swish_grad, \
+    _prelu_grad

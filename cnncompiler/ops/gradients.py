@@ -23,10 +23,16 @@ def scalar(b: GraphBuilder, value: float, like: Value, name: str = "k") -> Value
 def unbroadcast(b: GraphBuilder, grad: Value, target: Value) -> Value:
     """``grad`` (of a broadcast result) summed back to ``target``'s shape: over the leading
     axes ``target`` lacks and the axes where ``target`` has size 1."""
-    extra = grad.type.rank - target.type.rank
+    return sum_to_shape(b, grad, target.type.shape)
+
+
+def sum_to_shape(b: GraphBuilder, grad: Value, shape: tuple) -> Value:
+    """``grad`` summed back to ``shape`` (which broadcasts to grad's shape): the adjoint of
+    broadcasting, for operands that only exist in a promoted shape (MatMul's 1-D ones)."""
+    extra = grad.type.rank - len(shape)
     if extra > 0:
         grad = b.op("ReduceSum", grad, axes=tuple(range(extra)), keepdims=False)
-    axes = tuple(d for d, (g, t) in enumerate(zip(grad.type.shape, target.type.shape))
+    axes = tuple(d for d, (g, t) in enumerate(zip(grad.type.shape, shape))
                  if t == 1 and g != 1)
     if axes:
         grad = b.op("ReduceSum", grad, axes=axes, keepdims=True)
@@ -35,3 +41,14 @@ def unbroadcast(b: GraphBuilder, grad: Value, target: Value) -> Value:
 
 def mul_scalar(b: GraphBuilder, x: Value, k: float) -> Value:
     return x if k == 1 else b.op("Mul", x, scalar(b, k, x))
+
+
+def zeros_like(b: GraphBuilder, x: Value) -> Value:
+    """A zero tensor of ``x``'s shape and dtype, as a node (``x * 0``): graph outputs and
+    Concat operands must be computed values, and symbolic dims are kept."""
+    return b.op("Mul", x, scalar(b, 0.0, x))
+
+
+def masked(b: GraphBuilder, condition: Value, x: Value) -> Value:
+    """``x`` where ``condition`` holds, else 0 (a masked gradient)."""
+    return b.op("Where", condition, x, scalar(b, 0.0, x))

@@ -142,16 +142,45 @@ def _gemm_grad(b, node, grads):
     return [da, db, dc]
 
 
-def _matmul_grad(b, node, grads):
-    """2-D A @ B: dA = g B^T, dB = A^T g."""
-    from cnncompiler.errors import UnsupportedError
+def _swap_last(b, v):
+    """``v`` with its last two axes swapped (a batched transpose)."""
+    r = v.type.rank
+    return b.op("Transpose", v, perm=(*range(r - 2), r - 1, r - 2))
 
-    (g,) = grads
-    a, bb = node.inputs
-    if a.type.rank != 2 or bb.type.rank != 2:
-        raise UnsupportedError(f"node '{node.name}' (MatMul): gradients of batched (N-D) "
-                               "MatMul are not implemented yet")
-    return [b.op("Gemm", g, bb, transB=True), b.op("Gemm", a, g, transA=True)]
+
+def _matmul_grad(b, node, grads):
+    """numpy matmul, A' @ B' with 1-D operands promoted (A [K] -> [1, K], B [K] -> [K, 1])
+    and g promoted to match: dA' = g B'^T, dB' = A'^T g, each summed over the batch axes
+    its operand was broadcast along, then reshaped to the operand's own shape. 2-D
+    operands take one Gemm each; a 2-D (or 1-D) B under an N-D A, nn.Linear applied over
+    extra axes, folds the batch axes into the rows so dB is one Gemm too."""
+    from cnncompiler.ops.gradients import sum_to_shape
+
+    (g,), (a, bb) = grads, node.inputs
+    if a.type.rank == 2 and bb.type.rank == 2:
+        return [b.op("Gemm", g, bb, transB=True), b.op("Gemm", a, g, transA=True)]
+    sa = (1, *a.type.shape) if a.type.rank == 1 else a.type.shape
+    sb = (*bb.type.shape, 1) if bb.type.rank == 1 else bb.type.shape
+    a2 = a if a.type.rank > 1 else b.op("Unsqueeze", a, axes=(0,))
+    b2 = bb if bb.type.rank > 1 else b.op("Unsqueeze", bb, axes=(1,))
+    if a.type.rank == 1:
+        g = b.op("Unsqueeze", g, axes=(g.type.rank - (0 if bb.type.rank == 1 else 1),))
+    if bb.type.rank == 1:
+        g = b.op("Unsqueeze", g, axes=(g.type.rank,))
+    # g is now [batch..., M, N]
+    da = sum_to_shape(b, b.op("MatMul", g, _swap_last(b, b2)), sa)
+    k, n = sb[-2], sb[-1]
+    rows_static = all(isinstance(d, int) for d in g.type.shape)
+    if len(sb) == 2 and rows_static:
+        db = b.op("Gemm", b.op("Reshape", a2, shape=(-1, k)), b.op("Reshape", g, shape=(-1, n)),
+                  transA=True)
+    else:
+        db = sum_to_shape(b, b.op("MatMul", _swap_last(b, a2), g), sb)
+    if a.type.rank == 1:
+        da = b.op("Reshape", da, shape=a.type.shape)
+    if bb.type.rank == 1:
+        db = b.op("Reshape", db, shape=bb.type.shape)
+    return [da, db]
 
 
 GEMM.grad, MATMUL.grad = _gemm_grad, _matmul_grad

@@ -351,3 +351,219 @@ def _sqrt_grad(b, node, grads):
 
 
 SQRT.grad = _sqrt_grad
+
+
+# The rules below write derivatives with the ops above; where a derivative is simplest in
+# terms of the output y (Elu, Selu, Celu, Reciprocal) it reads the node's output rather
+# than recomputing it. Piecewise-constant ops (Floor, Ceil, comparisons, Not) pass no
+# gradient: their derivative is 0 wherever it exists, as in PyTorch.
+def _no_grad(b, node, grads):
+    return [None] * len(node.inputs)
+
+
+FLOOR.grad = CEIL.grad = EQUAL.grad = LESS.grad = GREATER.grad = NOT.grad = _no_grad
+
+
+def _negative_branch(b, node, g, slope):
+    """``g * slope`` where x < 0, else g (Elu, Celu: the identity for x >= 0)."""
+    from cnncompiler.ops.gradients import scalar
+
+    x = node.inputs[0]
+    return [b.op("Where", b.op("Less", x, scalar(b, 0.0, x)), b.op("Mul", g, slope), g)]
+
+
+def _elu_grad(b, node, grads):
+    """alpha e^x = y + alpha for x < 0, else 1."""
+    from cnncompiler.ops.gradients import scalar
+
+    y = node.outputs[0]
+    return _negative_branch(b, node, grads[0], b.op("Add", y, scalar(b, node.attrs["alpha"], y)))
+
+
+def _selu_grad(b, node, grads):
+    """gamma for x > 0, gamma alpha e^x = y + gamma alpha for x <= 0."""
+    from cnncompiler.ops.gradients import mul_scalar, scalar
+
+    (g,), y = grads, node.outputs[0]
+    alpha, gamma = node.attrs["alpha"], node.attrs["gamma"]
+    x = node.inputs[0]
+    negative = b.op("Mul", g, b.op("Add", y, scalar(b, alpha * gamma, y)))
+    return [b.op("Where", b.op("Greater", x, scalar(b, 0.0, x)), mul_scalar(b, g, gamma),
+                 negative)]
+
+
+def _celu_grad(b, node, grads):
+    """e^(x/alpha) = y/alpha + 1 for x < 0, else 1."""
+    from cnncompiler.ops.gradients import mul_scalar, scalar
+
+    y = node.outputs[0]
+    slope = b.op("Add", mul_scalar(b, y, 1.0 / node.attrs["alpha"]), scalar(b, 1.0, y))
+    return _negative_branch(b, node, grads[0], slope)
+
+
+def _thresholded_relu_grad(b, node, grads):
+    from cnncompiler.ops.gradients import masked, scalar
+
+    x = node.inputs[0]
+    return [masked(b, b.op("Greater", x, scalar(b, node.attrs["alpha"], x)), grads[0])]
+
+
+def _softplus_grad(b, node, grads):
+    """sigmoid(x)."""
+    return [b.op("Mul", grads[0], b.op("Sigmoid", node.inputs[0]))]
+
+
+def _softsign_grad(b, node, grads):
+    """1 / (1 + |x|)^2."""
+    from cnncompiler.ops.gradients import scalar
+
+    x = node.inputs[0]
+    d = b.op("Add", b.op("Abs", x), scalar(b, 1.0, x))
+    return [b.op("Div", grads[0], b.op("Mul", d, d))]
+
+
+def _abs_grad(b, node, grads):
+    """sign(x) (0 taken as positive: a subgradient)."""
+    from cnncompiler.ops.gradients import scalar
+
+    (g,), x = grads, node.inputs[0]
+    return [b.op("Where", b.op("Less", x, scalar(b, 0.0, x)), b.op("Neg", g), g)]
+
+
+def _reciprocal_grad(b, node, grads):
+    """-1/x^2 = -y^2."""
+    y = node.outputs[0]
+    return [b.op("Neg", b.op("Mul", grads[0], b.op("Mul", y, y)))]
+
+
+def _erf_grad(b, node, grads):
+    """2/sqrt(pi) e^(-x^2)."""
+    from cnncompiler.ops.gradients import mul_scalar
+
+    x = node.inputs[0]
+    bell = b.op("Exp", b.op("Neg", b.op("Mul", x, x)))
+    return [b.op("Mul", grads[0], mul_scalar(b, bell, 2.0 / math.sqrt(math.pi)))]
+
+
+def _gelu_grad(b, node, grads):
+    """Exact: Phi(x) + x phi(x). Tanh form with u = c (x + k x^3), t = tanh u:
+    (1 + t)/2 + x (1 - t^2) c (1 + 3 k x^2) / 2."""
+    from cnncompiler.ops.gradients import mul_scalar, scalar
+
+    (g,), x = grads, node.inputs[0]
+    one = scalar(b, 1.0, x)
+    x2 = b.op("Mul", x, x)
+    if node.attrs["approximate"] == "tanh":
+        k = 0.044715
+        inner = b.op("Add", one, mul_scalar(b, x2, k))             # 1 + k x^2
+        t = b.op("Tanh", mul_scalar(b, b.op("Mul", x, inner), _SQRT_2_OVER_PI))
+        du = b.op("Add", one, mul_scalar(b, x2, 3.0 * k))           # 1 + 3 k x^2
+        sech2 = b.op("Sub", one, b.op("Mul", t, t))
+        slope = b.op("Mul", b.op("Mul", x, sech2), mul_scalar(b, du, _SQRT_2_OVER_PI))
+        d = mul_scalar(b, b.op("Add", b.op("Add", one, t), slope), 0.5)
+    else:
+        cdf = mul_scalar(b, b.op("Add", one, b.op("Erf", mul_scalar(b, x, 1.0 / math.sqrt(2.0)))),
+                         0.5)
+        pdf = mul_scalar(b, b.op("Exp", mul_scalar(b, x2, -0.5)), 1.0 / math.sqrt(2.0 * math.pi))
+        d = b.op("Add", cdf, b.op("Mul", x, pdf))
+    return [b.op("Mul", g, d)]
+
+
+def _swish_grad(b, node, grads):
+    """s + alpha x s (1 - s), s = sigmoid(alpha x)."""
+    from cnncompiler.ops.gradients import mul_scalar, scalar
+
+    (g,), x, alpha = grads, node.inputs[0], node.attrs["alpha"]
+    s = b.op("Sigmoid", mul_scalar(b, x, alpha))
+    one = scalar(b, 1.0, x)
+    d = b.op("Mul", s, b.op("Add", one, b.op("Mul", mul_scalar(b, x, alpha),
+                                             b.op("Sub", one, s))))
+    return [b.op("Mul", g, d)]
+
+
+def _mish_grad(b, node, grads):
+    """t + x (1 - t^2) sigmoid(x), t = tanh(softplus(x))."""
+    from cnncompiler.ops.gradients import scalar
+
+    (g,), x = grads, node.inputs[0]
+    t = b.op("Tanh", b.op("Softplus", x))
+    sech2 = b.op("Sub", scalar(b, 1.0, x), b.op("Mul", t, t))
+    d = b.op("Add", t, b.op("Mul", b.op("Mul", x, sech2), b.op("Sigmoid", x)))
+    return [b.op("Mul", g, d)]
+
+
+ELU.grad, SELU.grad, CELU.grad, THRESHOLDED_RELU.grad = _elu_grad, _selu_grad, _celu_grad, \
+    _thresholded_relu_grad
+SOFTPLUS.grad, SOFTSIGN.grad, ABS.grad, RECIPROCAL.grad = _softplus_grad, _softsign_grad, \
+    _abs_grad, _reciprocal_grad
+ERF.grad, GELU.grad, SWISH.grad, MISH.grad = _erf_grad, _gelu_grad, _swish_grad, _mish_grad
+
+
+def _pow_grad(b, node, grads):
+    """dA = g B A^(B-1); dB = g y log(A) where A > 0 (else 0: a negative base has a real
+    power only at integer exponents, where it is not differentiable in B), each summed
+    back to its operand's shape. An integer exponent gets no gradient."""
+    from cnncompiler.ops.gradients import masked, scalar, unbroadcast
+
+    (g,), (a, e), y = grads, node.inputs, node.outputs[0]
+    if not a.type.dtype.is_float:
+        return [None, None]
+    ef = e if e.type.dtype == a.type.dtype else b.op("Cast", e, to=a.type.dtype.value)
+    da = b.op("Mul", b.op("Mul", g, ef), b.op("Pow", a, b.op("Sub", ef, scalar(b, 1.0, ef))))
+    de = None
+    if e.type.dtype.is_float:
+        zero = scalar(b, 0.0, a)
+        positive = b.op("Greater", a, zero)
+        log_a = b.op("Log", b.op("Where", positive, a, scalar(b, 1.0, a)))  # no log(<= 0)
+        de = masked(b, positive, b.op("Mul", b.op("Mul", g, y), log_a))
+        if de.type.dtype != e.type.dtype:
+            de = b.op("Cast", de, to=e.type.dtype.value)
+        de = unbroadcast(b, de, e)
+    return [unbroadcast(b, da, a), de]
+
+
+POW.grad = _pow_grad
+
+
+def _select_grad(b, node, grads):
+    """Max/Min: the gradient goes to the input that gives the output, the first one where
+    several tie (as the MaxPool rule does), summed back to each input's shape."""
+    from cnncompiler.ops.gradients import masked, scalar, unbroadcast
+
+    (g,), y = grads, node.outputs[0]
+    out, left = [], g
+    for i, x in enumerate(node.inputs):
+        if i == len(node.inputs) - 1:
+            mine = left
+        else:
+            hit = b.op("Equal", x, y)
+            mine = masked(b, hit, left)
+            left = b.op("Where", hit, scalar(b, 0.0, g), left)
+        out.append(unbroadcast(b, mine, x))
+    return out
+
+
+def _sum_grad(b, node, grads):
+    from cnncompiler.ops.gradients import unbroadcast
+
+    return [unbroadcast(b, grads[0], x) for x in node.inputs]
+
+
+def _mean_grad(b, node, grads):
+    from cnncompiler.ops.gradients import mul_scalar, unbroadcast
+
+    g = mul_scalar(b, grads[0], 1.0 / len(node.inputs))
+    return [unbroadcast(b, g, x) for x in node.inputs]
+
+
+def _where_grad(b, node, grads):
+    """g to X where the condition holds, to Y elsewhere; none to the condition."""
+    from cnncompiler.ops.gradients import masked, scalar, unbroadcast
+
+    (g,), (cond, x, y) = grads, node.inputs
+    to_y = b.op("Where", cond, scalar(b, 0.0, g), g)
+    return [None, unbroadcast(b, masked(b, cond, g), x), unbroadcast(b, to_y, y)]
+
+
+MAX.grad = MIN.grad = _select_grad
+SUM.grad, MEAN.grad, WHERE.grad = _sum_grad, _mean_grad, _where_grad

@@ -140,3 +140,82 @@ IDENTITY = register(OpDef(
     view=True,
     scalar=lambda xs, a: xs[0],
 ))
+
+
+# ---------------------------------------------------------------------- gradients
+def _channel_window_sum(b, v, size: int, before: int, after: int):
+    """sum of ``v`` [N, C, H, W] over channels c - before .. c + after (zeros past the
+    ends), as a Conv of a [size, 1] ones filter over ``v`` viewed as [N, 1, C, H*W]:
+    ``size`` adds per element, exact, and no new op."""
+    from cnncompiler.errors import UnsupportedError
+
+    n, c, h, w = v.type.shape
+    if not all(isinstance(d, int) for d in (c, h, w)):
+        raise UnsupportedError(f"LRN's gradient needs C, H and W static, got {list(v.type.shape)}")
+    ones = b.const(np.ones((1, 1, size, 1), v.type.dtype.numpy), "lrn_window")
+    flat = b.op("Reshape", v, shape=(0, 1, c, h * w))
+    summed = b.op("Conv", flat, ones, pads=(before, 0, after, 0))
+    return b.op("Reshape", summed, shape=(0, c, h, w))
+
+
+def _lrn_grad(b, node, grads):
+    """y = x S^-beta, S = bias + alpha/size * sum of x^2 over channels c - lo .. c + hi:
+    dx = g S^-beta - 2 alpha beta / size * x * W^T(g y / S), where W^T sums over the
+    transposed window c - hi .. c + lo (the two differ when size is even)."""
+    from cnncompiler.ops.gradients import mul_scalar, scalar
+
+    (g,), x, y = grads, node.inputs[0], node.outputs[0]
+    size, alpha, beta, bias = (node.attrs[k] for k in ("size", "alpha", "beta", "bias"))
+    lo, hi = (size - 1) // 2, size // 2        # floor and ceil of (size - 1)/2
+    window = _channel_window_sum(b, b.op("Mul", x, x), size, lo, hi)
+    s = b.op("Add", mul_scalar(b, window, alpha / size), scalar(b, bias, x))
+    direct = b.op("Mul", g, b.op("Pow", s, scalar(b, -beta, x)))
+    spread = _channel_window_sum(b, b.op("Div", b.op("Mul", g, y), s), size, hi, lo)
+    cross = mul_scalar(b, b.op("Mul", x, spread), 2.0 * alpha * beta / size)
+    return [b.op("Sub", direct, cross)]
+
+
+def _batch_norm_grad(b, node, grads):
+    """Inference BatchNormalization, y = (x - mean) k + B with k = scale / sqrt(var + eps)
+    per channel: dx = g k; dB = sum g; dscale = sum g (x - mean) / sqrt(var + eps);
+    dmean = -k sum g; dvar = -scale/2 (var + eps)^(-3/2) sum g (x - mean), sums over every
+    axis but the channels. (A training step rewrites BatchNormalization to batch
+    statistics first; this rule serves gradients through a frozen, inference-mode one.)"""
+    from cnncompiler.errors import UnsupportedError
+    from cnncompiler.ops.gradients import mul_scalar, scalar
+
+    if node.attrs.get("layout") not in (None, "NCHW"):
+        raise UnsupportedError(f"node '{node.name}' (BatchNormalization): the gradient in "
+                               f"layout {node.attrs['layout']} is not implemented (run autodiff "
+                               "before layout assignment)")
+    (g,), (x, scale, _, mean, var) = grads, node.inputs
+    rank, c = x.type.rank, x.type.shape[1]
+    axes = (0, *range(2, rank))
+    per_channel = (1, c) + (1,) * (rank - 2)
+
+    def channel(v):
+        return b.op("Reshape", v, shape=per_channel)
+
+    def total(v):
+        return b.op("ReduceSum", v, axes=axes, keepdims=False)
+
+    inv_std = b.op("Div", scalar(b, 1.0, var),
+                   b.op("Sqrt", b.op("Add", var, scalar(b, node.attrs["epsilon"], var))))
+    k = b.op("Mul", scale, inv_std)
+    dx = b.op("Mul", g, channel(k))
+    sum_g = total(g)
+    sum_gc = total(b.op("Mul", g, b.op("Sub", x, channel(mean))))
+    dscale = b.op("Mul", sum_gc, inv_std)
+    dmean = b.op("Neg", b.op("Mul", sum_g, k))
+    cube = b.op("Mul", b.op("Mul", inv_std, inv_std), inv_std)
+    dvar = mul_scalar(b, b.op("Mul", b.op("Mul", sum_gc, scale), cube), -0.5)
+    return [dx, dscale, sum_g, dmean, dvar]
+
+
+def _pass_through_grad(b, node, grads):
+    """Identity, and Dropout at inference (a training step rewrites Dropout to a mask)."""
+    return [grads[0]]
+
+
+LRN.grad, BATCH_NORMALIZATION.grad = _lrn_grad, _batch_norm_grad
+DROPOUT.grad = IDENTITY.grad = _pass_through_grad

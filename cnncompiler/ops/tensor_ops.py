@@ -470,3 +470,112 @@ SPACE_TO_DEPTH = register(OpDef(
     reference=_space_to_depth,
     fusion=FusionKind.INJECTIVE,
 ))
+
+
+# ---------------------------------------------------------------------- gradients
+# These ops move elements without computing: each gradient moves them back (Squeeze and
+# Unsqueeze undo each other, Slice scatters into zeros, Expand and Tile sum the copies).
+# Gather would need a scatter-add op and has no rule; Shape's output is an integer constant
+# and passes nothing back.
+def _squeeze_grad(b, node, grads):
+    x = node.inputs[0]
+    ctx = InferContext("Squeeze", node.name, [x.type], node.attrs)
+    return [b.op("Unsqueeze", grads[0], axes=tuple(squeeze_axes(ctx, x.type.shape)))]
+
+
+def _unsqueeze_grad(b, node, grads):
+    y = node.outputs[0]
+    ctx = InferContext("Unsqueeze", node.name, [node.inputs[0].type], node.attrs)
+    return [b.op("Squeeze", grads[0], axes=tuple(_axes_list(ctx, node.attrs["axes"], y.type.rank)))]
+
+
+def _slice_grad(b, node, grads):
+    """The gradient put back where the slice took it, zeros elsewhere: per sliced axis a
+    negative step is undone by reversing, a step k > 1 by interleaving k - 1 zeros after
+    each element (Unsqueeze, Pad, Reshape), then Pad restores the skipped ends."""
+    from cnncompiler.errors import UnsupportedError
+
+    (g,), x = grads, node.inputs[0]
+    ctx = InferContext("Slice", node.name, [x.type], node.attrs)
+    for axis, start, end, step in slice_plan(ctx, x.type.rank):
+        dim = x.type.shape[axis]
+        if isinstance(dim, str):          # a full slice of a symbolic axis
+            if step < 0:
+                g = b.op("Slice", g, starts=(-1,), ends=(-HUGE,), axes=(axis,), steps=(-1,))
+            continue
+        first, _, count = slice_range(start, end, step, dim)
+        if step < 0:                      # the same cells, in increasing order
+            g = b.op("Slice", g, starts=(-1,), ends=(-HUGE,), axes=(axis,), steps=(-1,))
+            first, step = first + (count - 1) * step, -step
+        if step > 1 and count > 1:
+            shape = g.type.shape
+            if any(isinstance(d, str) for d in shape[axis + 1:]):
+                raise UnsupportedError(f"node '{node.name}' (Slice): the gradient of a strided "
+                                       "slice needs static dims after the sliced axis")
+            rank = len(shape)
+            spread = b.op("Unsqueeze", g, axes=(axis + 1,))
+            pads = [0] * (2 * (rank + 1))
+            pads[rank + 1 + axis + 1] = step - 1
+            spread = b.op("Pad", spread, pads=tuple(pads))
+            target = (*(0 for _ in range(axis)), count * step, *shape[axis + 1:])
+            g = b.op("Reshape", spread, shape=target)
+            covered = count * step
+        else:
+            covered = count
+        before, after = first, dim - first - covered
+        if before or after:
+            rank = g.type.rank
+            pads = [0] * (2 * rank)
+            pads[axis], pads[rank + axis] = before, after
+            g = b.op("Pad", g, pads=tuple(pads))
+    return [g]
+
+
+def _expand_grad(b, node, grads):
+    from cnncompiler.ops.gradients import unbroadcast
+
+    return [unbroadcast(b, grads[0], node.inputs[0])]
+
+
+def _tile_grad(b, node, grads):
+    """The copies summed: g viewed as [r0, d0, r1, d1, ...], reduced over the r axes."""
+    from cnncompiler.errors import UnsupportedError
+
+    (g,), x, repeats = grads, node.inputs[0], node.attrs["repeats"]
+    if all(r == 1 for r in repeats):
+        return [g]
+    if any(isinstance(d, str) for d in x.type.shape):
+        raise UnsupportedError(f"node '{node.name}' (Tile): the gradient needs static dims, "
+                               f"got {list(x.type.shape)}")
+    split = tuple(v for r, d in zip(repeats, x.type.shape) for v in (r, d))
+    summed = b.op("ReduceSum", b.op("Reshape", g, shape=split),
+                  axes=tuple(range(0, 2 * x.type.rank, 2)), keepdims=False)
+    return [summed]
+
+
+def _cast_grad(b, node, grads):
+    """Cast back to the input's float type; nothing flows into or out of int or bool."""
+    x = node.inputs[0]
+    if not (x.type.dtype.is_float and node.outputs[0].type.dtype.is_float):
+        return [None]
+    g = grads[0]
+    return [g if g.type.dtype == x.type.dtype else b.op("Cast", g, to=x.type.dtype.value)]
+
+
+def _block_grad(inverse: str):
+    """DepthToSpace and SpaceToDepth (same mode and blocksize) are inverse permutations, so
+    each one's gradient is the other."""
+    def grad(b, node, grads):
+        attrs = {k: node.attrs[k] for k in ("blocksize", "mode")}
+        return [b.op(inverse, grads[0], **attrs)]
+    return grad
+
+
+def _no_grad(b, node, grads):
+    return [None] * len(node.inputs)
+
+
+SQUEEZE.grad, UNSQUEEZE.grad, SLICE.grad = _squeeze_grad, _unsqueeze_grad, _slice_grad
+EXPAND.grad, TILE.grad, CAST.grad, SHAPE.grad = _expand_grad, _tile_grad, _cast_grad, _no_grad
+DEPTH_TO_SPACE.grad = _block_grad("SpaceToDepth")
+SPACE_TO_DEPTH.grad = _block_grad("DepthToSpace")
