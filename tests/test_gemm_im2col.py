@@ -40,15 +40,16 @@ def gemm_graph(m, n, k, ta, tb, bias=False, relu=False, op="Gemm"):
     return graph, feeds
 
 
-# sizes with tails in every dimension, chunked depths (outer product: more than one row
-# tile and K > KC_OUTER; dot product: K > KC_DOT with more than one inner tile)
+# sizes with tails in every dimension, several row blocks, chunked depths (outer product:
+# more than one row tile and K > KC_OUTER; dot product: K > KC_DOT with more than one inner
+# tile), transposed Bs both as dot products and packed
 SHAPES = [(1, 1, 1), (5, 7, 3), (7, 13, 29), (6, 16, 8), (13, 37, 9), (37, 45, 19),
           (14, 40, gemm_tiled.KC_OUTER + 37), (9, 11, gemm_tiled.KC_DOT + 13),
-          (40, 3, 70)]
+          (40, 3, 70), (130, 21, gemm_tiled.KC_OUTER + 44), (125, 40, 9)]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("ta,tb", [(0, 0), (1, 0), (0, 1)])
+@pytest.mark.parametrize("ta,tb", [(0, 0), (1, 0), (0, 1), (1, 1)])
 def test_run_time_gemm_matches_the_reference(backend, ta, tb):
     """Every shape of SHAPES as one product of the graph (one compile per case)."""
     b = GraphBuilder("g")
@@ -75,8 +76,11 @@ def test_tiled_gemm_schedule_is_chosen_and_threads_agree():
     graph, feeds = gemm_graph(6, 20, 9, 0, 1)
     kernel = lower_node(graph.nodes[0], "gemm")
     assert "unit" in repr(kernel.body[0].var) and kernel.body[0].kind == "parallel"
-    assert gemm_tiled.tiled_gemm_problem(gemm_graph(4, 4, 4, 1, 1)[0].nodes[0])
-    for ta, tb in ((0, 0), (0, 1)):   # 42 MFLOP: enough work for two threads
+    b = GraphBuilder("batched")
+    y = b.op("MatMul", b.input("a", (2, 3, 4)), b.input("b", (4, 5)))
+    assert gemm_tiled.tiled_gemm_problem(b.build(y).nodes[0]) == \
+        "the operands are not static 2-D matrices"
+    for ta, tb in ((0, 0), (0, 1), (1, 1)):   # 42 MFLOP: enough work for two threads
         check_backend(*gemm_graph(256, 256, 320, ta, tb), "llvm", threads=2)
 
 
