@@ -258,6 +258,9 @@ class Kernel:
     #: names of the graph values bound to the leading buffers, in order (then ``out``, then
     #: the tables); a lowering may leave an input out (a weight it repacked into a table)
     inputs: list[str] = field(default_factory=list)
+    #: further outputs the kernel writes (a multi-output elementwise group: an optimiser's
+    #: new weight and new slot), bound to the buffers right after ``out``, in order
+    extra_outputs: list[str] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------ helpers

@@ -8,7 +8,7 @@ Shapes must be concrete (the backend specialises on the batch).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -81,6 +81,14 @@ class KernelBuilder:
             self.buffers.setdefault(v.name, K.Buffer(f"in{i}", kdtype(v),
                                                      math.prod(shape_of(v))))
         self.out = K.Buffer("out", kdtype(self.output), math.prod(shape_of(self.output)))
+        # a multi-output elementwise group computes every output in one pass (output 0's
+        # kernel writes them all: see :meth:`covers_all_outputs`)
+        self.extra: list[tuple[Value, K.Buffer]] = []
+        if output == 0 and node.op == "Fused" and len(node.outputs) > 1:
+            body_outputs = node.attrs["body"].outputs[1:]
+            if self.is_flat_elementwise(extra=body_outputs):
+                self.extra = [(v, K.Buffer(f"out{k + 1}", kdtype(v), math.prod(shape_of(v))))
+                              for k, v in enumerate(body_outputs)]
         self.names = K.Names()
         self.tables: dict[str, tuple[K.Buffer, object]] = {}
 
@@ -102,12 +110,15 @@ class KernelBuilder:
                 and shape_of(self.output) == shape_of(node.outputs[0])
                 and not (self.data_of(b) is not None and shape_of(node.outputs[0])[0] == 1))
 
-    def is_flat_elementwise(self) -> bool:
+    def is_flat_elementwise(self, extra: Sequence[Value] = ()) -> bool:
         """Is every member elementwise over operands of the output's shape (or single
         elements)? Then the kernel can walk all elements as one flat range: no short
-        innermost rows (a 28-wide row is 3 vectors and a scalar tail of 4)."""
+        innermost rows (a 28-wide row is 3 vectors and a scalar tail of 4). ``extra``
+        outputs computed alongside must have that shape too."""
         shape = shape_of(self.output)
-        if len(shape) < 2 or shape[-1] == 1:   # a last dim of 1 would read as broadcast
+        if not shape or shape[-1] == 1:   # a last dim of 1 would read as broadcast
+            return False
+        if any(shape_of(v) != shape for v in extra):
             return False
         for m in self.members:
             if m.opdef.scalar is None or m.opdef.per_channel_inputs:
@@ -118,15 +129,26 @@ class KernelBuilder:
         return True
 
     def flat_elementwise(self) -> list[K.Stmt]:
-        """The elementwise group over its flat element range, in parallel blocks."""
+        """The elementwise group over its flat element range, in parallel blocks. With
+        extra outputs every value is computed before any is stored, so an output may be
+        written over an input it is computed from (an optimiser slot updated in place)."""
         total = math.prod(shape_of(self.output))
         block, i = self.fresh("blk"), self.fresh("i")
         # operands of the output's shape read [0, ..., 0, i]: their flat offset is i
         idx: list[K.Expr] = [K.Const(0)] * (len(shape_of(self.output)) - 1) + [i]
         stmts, value = self.element(self.output, idx)
+        stores = [K.Store(self.out, i, value)]
+        if self.extra:
+            results = []
+            for v, buf in [(self.output, self.out), *self.extra]:
+                pre, val = self.element(v, idx) if v is not self.output else ([], value)
+                t = self.fresh("r", val.dtype)
+                stmts += pre + [K.Declare(t, val)]
+                results.append((buf, t))
+            stores = [K.Store(buf, i, t) for buf, t in results]
         start = block * FLAT_BLOCK
-        loop = K.Loop(i, start, K.minimum(start + FLAT_BLOCK, total),
-                      stmts + [K.Store(self.out, i, value)], "vector")
+        loop = K.Loop(i, start, K.minimum(start + FLAT_BLOCK, total), stmts + stores,
+                      "vector")
         return [K.Loop(block, K.Const(0), K.Const(-(-total // FLAT_BLOCK)), [loop],
                        "parallel")]
 
@@ -161,6 +183,7 @@ class KernelBuilder:
         the CPU row schedules (a conv or FC row per parallel iteration: a few hundred heavy
         work-items) for the generic nest, whose every dim but the last is parallel."""
         cpu = self.target == "cpu"
+        flat = False
         anchor = self.producers[self.output.name]
         first = self.members[0]
         if len(self.members) == 1 and anchor.op in ROW_KERNELS:
@@ -179,6 +202,7 @@ class KernelBuilder:
         elif first.op in ("Gemm", "MatMul") and cpu and self.takes_gemm_tiled(first):
             body = gemm_tiled(self, first)
         elif cpu and self.is_flat_elementwise():
+            flat = True
             body = self.flat_elementwise()
         else:
             shape = shape_of(self.output)
@@ -208,10 +232,18 @@ class KernelBuilder:
             if v.name not in self.dropped and all(self.buffers[v.name] is not b for b in buffers):
                 inputs.append(self.outer[v.name].name)
                 buffers.append(self.buffers[v.name])
-        buffers += [self.out] + [buf for buf, _ in self.tables.values()]
+        if self.extra and not flat:   # another schedule took it: one kernel per output
+            self.extra = []
+        buffers += [self.out] + [buf for _, buf in self.extra]
+        buffers += [buf for buf, _ in self.tables.values()]
         return K.Kernel(self.name, buffers, body,
                         tables={buf.name: array for buf, array in self.tables.values()},
-                        inputs=inputs)
+                        inputs=inputs, extra_outputs=[self.outer_name(v) for v, _ in self.extra])
+
+    def outer_name(self, v: Value) -> str:
+        """The graph value a body output stands for (the Fused node's output)."""
+        body_outputs = [u.name for u in self.node.attrs["body"].outputs]
+        return self.node.outputs[body_outputs.index(v.name)].name
 
     # ------------------------------------------------------------------- elements
     def element(self, v: Value, idx: list[K.Expr]) -> Element:

@@ -81,7 +81,10 @@ def lower_graph(graph: Graph, alignment: int, target: str = "cpu",
         _check_state(graph, state)
 
         def can_write(node: Node, w: str) -> bool:
-            return writes_in_place(lower_node(node, "probe", graph.data, target=target), w)
+            kernel = lower_node(node, "probe", graph.data, target=target)
+            if len(node.outputs) > 1 + len(kernel.extra_outputs):
+                return False   # one kernel per output: a later one may still read w
+            return writes_in_place(kernel, w, state[w])
 
         graph, in_place = order_state_writes(graph, state, can_write)
     plan = plan_memory(graph, batch=1, alignment=alignment, inplace=False, state=state,
@@ -102,19 +105,23 @@ def lower_graph(graph: Graph, alignment: int, target: str = "cpu",
         if node.opdef.view and plan.offsets.get(out.name) == plan.offsets.get(
                 node.inputs[0].name):
             continue  # the output aliases the input buffer: nothing to do
-        several = len(node.outputs) > 1   # one kernel per output (Split)
+        several = len(node.outputs) > 1   # one kernel per output (Split)...
         for k, out in enumerate(node.outputs):
             name = f"k{i}_{ident(node.name)}" + (f"_out{k}" if several else "")
             kernel = lower_node(node, name, graph.data, output=k, target=target)
-            if out.name in writes:
-                kernel = merge_into_output(kernel, writes[out.name])
+            written = [out.name, *kernel.extra_outputs]
+            for value in written:
+                if value in writes:
+                    kernel = merge_into_output(kernel, writes[value], value)
             bindings = [weight(v) if values[v].is_stored else Binding(0, plan.offsets[v])
                         for v in kernel.inputs]
-            bindings.append(Binding(0, plan.offsets[out.name]))
+            bindings += [Binding(0, plan.offsets[v]) for v in written]
             for array in kernel.tables.values():   # compile-time tables travel like weights
                 program.weights.append(array)
                 bindings.append(Binding(len(program.weights)))
             program.calls.append(KernelCall(kernel, node, k, bindings))
+            if kernel.extra_outputs:   # ...unless one kernel wrote them all
+                break
     outputs = {v.name: v for v in graph.outputs}
     for w, new in state.items():   # the next values not written in place: copy them over
         if w in in_place or new == w:
@@ -151,18 +158,27 @@ def _check_state(graph: Graph, state: Mapping[str, str]) -> None:
 
 
 # ---------------------------------------------------------------- in-place state writes
-def writes_in_place(kernel: K.Kernel, name: str) -> bool:
-    """Whether ``kernel`` may write its output over input ``name``: it stores to the output
+def _output_buffer(kernel: K.Kernel, output: str | None) -> K.Buffer | None:
+    """The buffer of the kernel's output value ``output`` (None: its first output)."""
+    count = len(kernel.inputs)
+    position = 0 if output is None or output not in kernel.extra_outputs else \
+        1 + kernel.extra_outputs.index(output)
+    return kernel.buffers[count + position] if count + position < len(kernel.buffers) \
+        else None
+
+
+def writes_in_place(kernel: K.Kernel, name: str, output: str | None = None) -> bool:
+    """Whether ``kernel`` may write its output (``output``, where it writes several) over
+    input ``name``: it stores to that output
     once, at an index that takes each element once over its loops (an injective affine map
     of the loop variables), and reads ``name`` only in that statement or the statements just
     before it in the same loop body, at the very elements it stores (equal indices up to
     affine arithmetic). Then every element is read before it is overwritten, and never
     after. Anything this analysis cannot prove (a reduction, a transpose, a broadcast read,
     non-affine indices) is refused: the caller falls back to a copy."""
-    count = len(kernel.inputs)
-    if count >= len(kernel.buffers):
+    out = _output_buffer(kernel, output)
+    if out is None:
         return False
-    out = kernel.buffers[count]
     src = {id(kernel.buffers[k]) for k, n in enumerate(kernel.inputs) if n == name}
     if not src:
         return True   # the kernel does not read the input: only the order matters
@@ -205,11 +221,11 @@ def writes_in_place(kernel: K.Kernel, name: str) -> bool:
                for ld in near.values() if id(ld.buffer) in src)
 
 
-def merge_into_output(kernel: K.Kernel, name: str) -> K.Kernel:
-    """``kernel`` with its buffer(s) of input ``name`` replaced by its output buffer (which
-    :func:`writes_in_place` showed safe): one pointer, read then written."""
-    count = len(kernel.inputs)
-    out = kernel.buffers[count]
+def merge_into_output(kernel: K.Kernel, name: str, output: str | None = None) -> K.Kernel:
+    """``kernel`` with its buffer(s) of input ``name`` replaced by the buffer of its output
+    ``output`` (the first if None; :func:`writes_in_place` showed it safe): one pointer,
+    read then written."""
+    out = _output_buffer(kernel, output)
     drop = {id(kernel.buffers[k]) for k, n in enumerate(kernel.inputs) if n == name}
     memo: dict[int, object] = {}
 

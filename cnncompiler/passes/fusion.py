@@ -5,12 +5,16 @@ Rules, read from each op's fusion kind (no second table of ops):
   and broadcast ops that follow it (bias, BatchNorm, ReLU/ReLU6/Sigmoid/HardSwish..., a
   residual Add with a second tensor), as long as each link's value has a single consumer and
   the broadcast does not grow the tensor;
-- a chain of two or more elementwise/broadcast ops fuses on its own.
+- a chain of two or more elementwise/broadcast ops fuses on its own, and may run through a
+  value that is also a graph output: that value becomes a second output of the group, so
+  an optimiser's update (new slot, then new weight from it) is one kernel.
 The fused node sits where the group's last member was, which keeps the order topological;
-it produces the last member's value under the same name.
+it produces the last member's value under the same name, then any exported values.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from cnncompiler.ir.builder import GraphBuilder
 from cnncompiler.ir.graph import Graph, Node, Value
@@ -23,6 +27,12 @@ EPILOGUE = (FusionKind.ELEMENTWISE, FusionKind.BROADCAST)
 
 def fusion_groups(graph: Graph) -> list[list[Node]]:
     """Groups of two or more nodes to fuse, each in topological order."""
+    return [group for group, _ in _groups(graph)]
+
+
+def _groups(graph: Graph) -> list[tuple[list[Node], list[Value]]]:
+    """The groups, each with the values of its members (other than the last's) that are
+    graph outputs and so leave the group as extra outputs."""
     uses = graph.consumers()
     outputs = {v.name for v in graph.outputs}
     taken: set[str] = set()
@@ -32,19 +42,23 @@ def fusion_groups(graph: Graph) -> list[list[Node]]:
         if node.name in taken or len(node.outputs) != 1 or (
                 kind is not FusionKind.OUTPUT_FUSABLE and kind not in EPILOGUE):
             continue
-        group = [node]
+        group, exported = [node], []
         while True:
             value = group[-1].outputs[0]
             nxt = uses[value.name]
-            if value.name in outputs or len(nxt) != 1:
+            # a graph output may pass on only inside an elementwise chain (its one kernel
+            # then stores it too); a conv's result stays the last of its group
+            if len(nxt) != 1 or (value.name in outputs and kind not in EPILOGUE):
                 break
             c = nxt[0]
             if c.name in taken or not _extends(c, value):
                 break
+            if value.name in outputs:
+                exported.append(value)
             group.append(c)
         if len(group) > 1:
             taken.update(n.name for n in group)
-            groups.append(group)
+            groups.append((group, exported))
     return groups
 
 
@@ -55,8 +69,9 @@ def _extends(c: Node, value: Value) -> bool:
             and sum(1 for v in c.inputs if v is value) == 1)
 
 
-def fused_body(group: list[Node]) -> tuple[Graph, list[Value]]:
-    """The members as a graph, and the outer values it takes as inputs."""
+def fused_body(group: list[Node], exported: Sequence[Value] = ()) -> tuple[Graph, list[Value]]:
+    """The members as a graph (outputs: the last member's, then ``exported``), and the
+    outer values it takes as inputs."""
     inner = {v.name for n in group for v in n.outputs}
     outer: list[Value] = []
     for n in group:
@@ -69,27 +84,29 @@ def fused_body(group: list[Node]) -> tuple[Graph, list[Value]]:
         outs = b.add_node(n.op, [None if v is None else mapped[v.name] for v in n.inputs],
                           dict(n.attrs), n.name, len(n.outputs), [v.name for v in n.outputs])
         mapped.update({old.name: new for old, new in zip(n.outputs, outs)})
-    return b.build(mapped[group[-1].outputs[0].name]), outer
+    results = [mapped[group[-1].outputs[0].name], *(mapped[v.name] for v in exported)]
+    return b.build(results if exported else results[0]), outer
 
 
 @register_pass("fuse", min_level=2)
 def fuse(graph: Graph) -> tuple[Graph, list[str]]:
     """Fuse conv/gemm/pool epilogues and elementwise chains into single kernels."""
-    groups = fusion_groups(graph)
+    groups = _groups(graph)
     if not groups:
         return graph, []
-    last = {g[-1].name: g for g in groups}
-    member = {n.name for g in groups for n in g}
+    last = {g[-1].name: (g, exported) for g, exported in groups}
+    member = {n.name for g, _ in groups for n in g}
     rw = Rewriter(graph)
     changes = []
     for node in graph.nodes:
-        group = last.get(node.name)
-        if group is not None:
-            body, outer = fused_body(group)
+        found = last.get(node.name)
+        if found is not None:
+            group, exported = found
+            body, outer = fused_body(group, exported)
             kind = "+".join(n.op for n in group)
             name = f"fused_{group[0].name}"
             rw.add("Fused", [rw.value(v) for v in outer], {"body": body, "kind": kind}, name,
-                   outputs=[node.outputs[0]])
+                   outputs=[node.outputs[0], *exported])
             changes.append(" + ".join(n.name for n in group) + f" -> {name} ({kind})")
         elif node.name not in member:
             rw.copy(node)

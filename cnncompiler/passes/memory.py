@@ -189,11 +189,12 @@ def plan_memory(graph: Graph, batch: int = 1, alignment: int = 64, inplace: bool
         own(v.name)
     for i, node in enumerate(graph.nodes):
         src = _alias_source(node, i, inplace, sizes, last, owner, members, graph_inputs)
-        if len(node.outputs) == 1 and node.outputs[0].name in writes_state:
-            src = writes_state[node.outputs[0].name]
         for k, out in enumerate(node.outputs):
-            if k == 0 and src is not None:
-                share(out.name, src)
+            # a state's next value takes its input's bytes (any output of the writer: a
+            # multi-output optimiser update writes the weight and its slot)
+            source = writes_state.get(out.name, src if k == 0 else None)
+            if source is not None:
+                share(out.name, source)
                 if not node.opdef.view:
                     in_place.append(out.name)
             else:
@@ -270,7 +271,7 @@ def order_state_writes(graph: Graph, state: Mapping[str, str],
     Writing ``new`` over ``w`` in place is correct only if every other node reading ``w``
     (or a view of it) runs before the node writing ``new``: that is added as an ordering
     constraint. A binding is left out when its writer is not a node (``new`` is an input or
-    stored), is a view or has several outputs, reads a view of ``w`` besides ``w`` itself,
+    stored), is a view, reads a view of ``w`` besides ``w`` itself,
     or is refused by ``can_write(writer, w)`` (the backend's check that its kernel reads
     ``w`` only where it writes; by default only plain elementwise ops of ``w``'s type, the
     ops that may run in place anyway); or when the constraint would close a cycle (a reader
@@ -295,7 +296,7 @@ def order_state_writes(graph: Graph, state: Mapping[str, str],
             continue
         writer = nodes[i]
         buf = buffer_views(graph, w)
-        if writer.opdef.view or len(writer.outputs) != 1 or buf & outputs:
+        if writer.opdef.view or buf & outputs:
             continue
         if any(v is not None and v.name in buf and v.name != w for v in writer.inputs):
             continue
@@ -446,8 +447,8 @@ def check_plan(graph: Graph, plan: MemoryPlan) -> None:
         in_place = (node.opdef.fusion in INPLACE_KINDS and len(node.outputs) == 1
                     and any(x is not None and x.name == src for x in node.inputs)
                     and acts[src].type == acts[name].type)
-        state_write = (state_writes.get(name) == src and len(node.outputs) == 1
-                       and not node.opdef.view and acts[src].type == acts[name].type)
+        state_write = (state_writes.get(name) == src and not node.opdef.view
+                       and acts[src].type == acts[name].type)
         if not (view or in_place or state_write) or region(name) != region(src):
             raise GraphError(f"memory plan: {name!r} ({node.op} {node.name!r}) cannot alias "
                              f"{src!r} at {region(src)}: placed at {region(name)}")
