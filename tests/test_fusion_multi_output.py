@@ -97,3 +97,29 @@ def test_an_exported_value_read_from_the_state_input(backend, options):
     np.testing.assert_allclose(cm(), 2 * w0, rtol=1e-6)
     np.testing.assert_allclose(cm(), 6 * w0, rtol=1e-6)
     np.testing.assert_allclose(cm.get_state("w"), 9 * w0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("opt", ["SGD", "Nesterov", "RMSProp", "Adagrad", "Adam"])
+def test_each_optimiser_update_is_one_fused_node(opt):
+    """Every slot and the weight come out of one group (Adam: the second moment's chain
+    feeds the weight's and joins it), with the same values as unfused."""
+    from cnncompiler import optim
+
+    make = {"SGD": lambda: optim.SGD(lr=0.1, momentum=0.9),
+            "Nesterov": lambda: optim.SGD(lr=0.1, momentum=0.9, nesterov=True),
+            "RMSProp": lambda: optim.RMSProp(lr=0.01), "Adagrad": lambda: optim.Adagrad(lr=0.1),
+            "Adam": lambda: optim.Adam(lr=0.01)}[opt]()
+    b = GraphBuilder("update")
+    w, g = b.input("w", (6, 7)), b.input("g", (6, 7))
+    slots = {s: b.input(s, (6, 7)) for s in make.slot_names()}
+    hyper = {h: b.input(f"hyper.{h}", (1,)) for h in make.hyper(1)}
+    new_w, new_s = make.update(b, w, g, slots, hyper)
+    graph = b.build([new_w, *(new_s[s] for s in make.slot_names())])
+    fused, _ = fuse(graph)
+    assert [n.op for n in fused.nodes] == ["Fused"]
+    assert len(fused.nodes[0].outputs) == 1 + len(make.slot_names())
+    rng = np.random.default_rng(2)
+    data = {v.name: (np.abs(rng.standard_normal(v.type.shape)) + 0.1).astype(np.float32)
+            for v in graph.inputs}
+    for got, want in zip(evaluate(fused, data), evaluate(graph, data)):
+        np.testing.assert_allclose(got, want, rtol=1e-6)

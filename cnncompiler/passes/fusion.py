@@ -7,7 +7,8 @@ Rules, read from each op's fusion kind (no second table of ops):
   the broadcast does not grow the tensor;
 - a chain of two or more elementwise/broadcast ops fuses on its own, and may run through a
   value that is also a graph output: that value becomes a second output of the group, so
-  an optimiser's update (new slot, then new weight from it) is one kernel.
+  an optimiser's update (new slot, then new weight from it) is one kernel; a chain whose
+  result feeds only another such chain (and outputs) joins it (Adam's two moments).
 The fused node sits where the group's last member was, which keeps the order topological;
 it produces the last member's value under the same name, then any exported values.
 """
@@ -43,6 +44,7 @@ def _groups(graph: Graph) -> list[tuple[list[Node], list[Value]]]:
                 kind is not FusionKind.OUTPUT_FUSABLE and kind not in EPILOGUE):
             continue
         group, exported = [node], []
+        taken.add(node.name)
         while True:
             value = group[-1].outputs[0]
             nxt = uses[value.name]
@@ -58,8 +60,40 @@ def _groups(graph: Graph) -> list[tuple[list[Node], list[Value]]]:
             group.append(c)
         if len(group) > 1:
             taken.update(n.name for n in group)
-            groups.append((group, exported))
-    return groups
+        groups.append((group, exported))   # single nodes too: they may join a chain
+    groups = _merge_feeding_chains(groups, uses, outputs)
+    return [(g, exported) for g, exported in groups if len(g) > 1]
+
+
+def _merge_feeding_chains(groups: list[tuple[list[Node], list[Value]]], uses: dict,
+                          outputs: set[str]) -> list[tuple[list[Node], list[Value]]]:
+    """An elementwise chain (or single op) whose result feeds only a member of another
+    elementwise chain (and maybe graph outputs) joins that chain, in front: Adam's
+    second-moment update feeds the weight update, which then is one kernel. The joined
+    group sits where the consumer chain ends, later than the feeding chain, which only
+    that chain and outputs read."""
+    pure = [g[0].opdef.fusion in EPILOGUE for g, _ in groups]
+    where = {n.name: k for k, (g, _) in enumerate(groups) for n in g}
+    merged: dict[int, int] = {}     # feeding group -> the group it joined
+
+    def home(k: int) -> int:
+        while k in merged:
+            k = merged[k]
+        return k
+
+    for a, (group, exported) in enumerate(groups):
+        value = group[-1].outputs[0]
+        nxt = uses[value.name]
+        if not pure[a] or len(nxt) != 1 or nxt[0].name not in where:
+            continue
+        b = home(where[nxt[0].name])
+        if b == a or not pure[b] or not _extends(nxt[0], value):
+            continue
+        into, extra = groups[b]
+        groups[b] = (group + into, exported + ([value] if value.name in outputs else [])
+                     + extra)
+        merged[a] = b
+    return [g for k, g in enumerate(groups) if k not in merged]
 
 
 def _extends(c: Node, value: Value) -> bool:
