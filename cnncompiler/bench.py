@@ -6,6 +6,15 @@ backend's memory and thread pools do not pollute another's peak RSS. The workers
 are alive together and the parent interleaves them: every repetition round times each backend
 once (alternating the order), so drifts of a noisy machine hit all backends alike.
 
+Interleaving alone is unfair with more than one thread: a thread pool keeps spinning for a
+while after its run ends (onnxruntime's intra-op spin, torch's OpenMP workers, our
+ThreadTeam's short poll), so a run timed right after another contender's would share the
+cores with that contender's idle pool and pay for it (the training bench measured LeNet-5
+steps at 10.9 ms that way, 3.2 ms alone). So with threads > 1 every timed run, of every
+contender alike, is preceded by a pause (``Config.settle_s``, long past any pool's spin) and,
+for runs shorter than ``PRIME_BELOW_S``, by an untimed run of the same contender that wakes
+its own threads again; the timed run then meets only its own pool, as in steady use.
+
 Per backend the harness records the cold compile time (a fresh compile in a fresh process; the
 peer's session creation for a peer), the cached compile time where the backend has a disk
 cache, the median and p90 latency of repeated runs after warm-up (bounded by a time budget),

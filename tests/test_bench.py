@@ -95,3 +95,49 @@ def test_training_bench_times_compiled_steps(tmp_path):
         assert abs(rows["llvm"]["loss"] - rows["torch"]["loss"]) < 1e-4
     bad = CliRunner().invoke(main, ["bench", "nosuchnet", "--train"])
     assert bad.exit_code != 0 and "lenet5" in bad.output   # the zoo models are listed
+
+
+def test_multithreaded_runs_are_settled_for_every_contender(tmp_path, monkeypatch):
+    """With threads > 1 each timed run of each backend follows a pause (another
+    contender's spinning pool goes idle) and an untimed run of its own (its threads wake):
+    the same treatment for all, whichever order the round takes."""
+    import numpy as np
+
+    from cnncompiler import bench
+
+    events = []
+
+    class FakeWorker:
+        def __init__(self, spec, workdir, limit_s):
+            self.spec, self.ready, self.used_s = spec, {"rss_mb": 1.0}, 0.0
+
+        def ask(self, cmd):
+            b = self.spec["backend"]
+            if cmd == "compile":
+                return {"compile_s": 0.1, "compile_cached_s": None, "threads_applied": True}
+            if cmd == "run":
+                events.append(("run", b))
+                return {"t": 0.001}
+            np.savez(self.spec["output_path"], y=np.ones(3, np.float32))
+            return {"rss_mb": 1.0}
+
+        def ticks(self):
+            return 0
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(bench, "_Worker", FakeWorker)
+    monkeypatch.setattr(bench.time, "sleep", lambda s: events.append(("sleep", s)))
+    config = bench.Config(models=["m"], repeat=4, warmup=1, budget_s=10.0)
+    prep = {"name": "m", "gflop": 1.0, "kind": "zoo", "onnx_path": "", "input_path": ""}
+    rows = bench._bench_cell("m", prep, 1, 2, ["llvm", "onnxruntime"], config, str(tmp_path),
+                             lambda line: None)
+    assert all(r.runs == 4 for r in rows)
+    # every run is one of: pause, untimed run, timed run of the same backend
+    assert len(events) % 3 == 0
+    for i in range(0, len(events), 3):
+        (pause, _), (_, b1), (_, b2) = events[i:i + 3]
+        assert pause == "sleep" and b1 == b2
+    firsts = [events[i + 1][1] for i in range(0, len(events), 3)]
+    assert firsts.count("llvm") == firsts.count("onnxruntime")

@@ -125,3 +125,92 @@ def test_pointwise_conv_as_one_row_with_fused_operands(other):
     y = b.op("Conv", x, b.param("w", rand(16, 16, 1, 1)), b.param("b", rand(16)), name="conv")
     y = b.op("Relu", b.op("Add", y, b.param("r", rand(*other)), name="add"), name="relu")
     check(b.build(y))
+
+
+def clip_graph(x_shape, k, f, group=1, residual=False, **attrs):
+    """Conv + Clip(0, 6) (MobileNetV2's ReLU6), optionally + a residual input."""
+    c = x_shape[1]
+    b = GraphBuilder("clip")
+    x = b.input("x", x_shape)
+    y = b.op("Conv", x, b.param("w", rand(k, c // group, f, f) / np.float32(np.sqrt(c * f * f))),
+             b.param("b", rand(k)), name="conv", group=group, rounding="floor", **attrs)
+    y = b.op("Clip", y, name="clip", min=0.0, max=0.5)
+    if residual:
+        y = b.op("Add", y, b.param("r", rand(1, k, *y.type.shape[2:])), name="add")
+    return b.build(y)
+
+
+@pytest.mark.parametrize("x_shape,k,f,group,attrs,residual", [
+    ((1, 16, 9, 13), 16, 3, 16, {"pads": (1, 1, 1, 1)}, False),               # depthwise
+    ((1, 16, 10, 11), 16, 3, 16, {"strides": (2, 2), "pads": (1, 1, 1, 1)}, False),
+    ((1, 16, 7, 9), 32, 1, 1, {}, True),                                      # 1x1 + Add
+    ((2, 16, 7, 5), 24, 3, 1, {"pads": (1, 1, 1, 1)}, True),
+])
+def test_epilogue_in_registers(x_shape, k, f, group, attrs, residual):
+    """Clip and a residual Add applied to the accumulators before the store."""
+    check(clip_graph(x_shape, k, f, group, residual, **attrs))
+
+
+def test_lanewise_epilogue_falls_back_to_rows():
+    """An epilogue whose element is not a lane-wise vector expression (a Cast, say) runs
+    over the stored rows as before; register_epilogue says None for it."""
+    from cnncompiler.kernel import ir as K
+    from cnncompiler.kernel.conv_nchwc import lanewise
+
+    lane, own = K.Var("lane"), K.Buffer("y", "f32", 0)
+    acc = K.Var("acc", "f32x8")
+    y = K.Load(own, K.Var("i") * 8 + lane)
+    other = K.Buffer("r", "f32", 64)
+    assert lanewise(K.maximum(y, 0.0), lane, own, acc, 8) is not None
+    assert lanewise(y + K.Load(other, K.Var("k") * 8 + lane), lane, own, acc, 8) is not None
+    assert lanewise(y + K.Load(other, K.Var("k")), lane, own, acc, 8) is not None  # broadcast
+    assert lanewise(y + K.Load(other, lane * 2), lane, own, acc, 8) is None        # strided
+    assert lanewise(y + K.Cast(K.Var("k"), "f32"), lane, own, acc, 8) is None
+
+
+@pytest.mark.parametrize("x_shape,k,f,attrs", [
+    ((1, 16, 9, 11), 24, 3, {"pads": (1, 1, 1, 1)}),     # 3 output blocks: 3 x 4 tiles
+    ((1, 24, 8, 13), 24, 1, {}),
+    ((2, 16, 7, 7), 72, 1, {"strides": (2, 2)}),         # 9 blocks: 3 x 4
+])
+def test_three_block_tiles(x_shape, k, f, attrs):
+    check(conv_graph(x_shape, k, f, relu=True, **attrs))
+
+
+@pytest.mark.parametrize("x_shape,k,f,attrs,residual", [
+    ((1, 48, 9, 13), 16, 3, {"pads": (1, 1, 1, 1)}, True),   # 6 blocks in chunks of 2
+    ((1, 40, 7, 9), 32, 1, {}, False),                        # 5 blocks: chunks of 1
+    ((2, 48, 11, 11), 24, 3, {"strides": (2, 2), "pads": (1, 1, 1, 1)}, True),
+])
+def test_reduction_in_chunks(monkeypatch, x_shape, k, f, attrs, residual):
+    """Filters too big for L1: the reduction runs in chunks over the row, partial sums
+    stored and reloaded, the epilogue (ReLU, residual Add) on the last chunk only."""
+    import cnncompiler.kernel.conv_nchwc as C
+
+    monkeypatch.setattr(C, "CHUNK_ABOVE", 1024)
+    monkeypatch.setattr(C, "CHUNK_BYTES", 2 * 8 * 8 * f * f * 4 * 3)
+    monkeypatch.setattr(C, "DENSE_TILE", (2, 4))   # several tiles per row
+    check(conv_graph(x_shape, k, f, residual=residual, relu=True, **attrs))
+    check(conv_graph(x_shape, k, f, residual=residual, relu=True, **attrs), threads=2)
+
+
+@pytest.mark.parametrize("pixels,groups,rows", [(3136, 1, 8), (3136, 9, 1), (49, 1, 1),
+                                                 (196, 2, 4), (12544, 3, 4), (97, 1, 1)])
+def test_flat_rows(pixels, groups, rows):
+    from cnncompiler.kernel.conv_nchwc import MIN_ROW, flat_rows
+
+    assert flat_rows(pixels, groups) == rows
+    assert pixels % rows == 0 and (rows == 1 or pixels // rows >= MIN_ROW)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_pointwise_conv_cut_into_rows(monkeypatch, threads):
+    """Few output channels: the flattened 1x1 conv is cut into several rows (parallel
+    units), each not a multiple of the tile width, with a fused Clip."""
+    import cnncompiler.kernel.conv_nchwc as C
+
+    monkeypatch.setattr(C, "MIN_ROW", 15)   # 90 pixels as 6 rows of 15, not Y's 9 x 10
+    assert C.flat_rows(90, 1) == 6
+    check(clip_graph((1, 16, 9, 10), 16, 1, residual=True), threads=threads)
+    monkeypatch.setattr(C, "register_epilogue", lambda *a: None)   # the row epilogue
+    check(clip_graph((1, 16, 9, 10), 16, 1, residual=True), threads=threads)

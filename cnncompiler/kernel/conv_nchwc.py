@@ -27,6 +27,7 @@ finished output row while it is in L1) reads the stored row in place.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -39,6 +40,19 @@ from cnncompiler.ops.layout_ops import input_layout, node_layout
 
 #: register tile (output-channel blocks, output columns) for dense convs on 16 vector regs
 DENSE_TILE = (2, 6)
+#: ...where the output blocks per group are odd but a multiple of 3 (24 channels, say):
+#: 12 accumulators, 3 weight vectors, 1 broadcast; fewer loads per FMA than 1 x 12, and
+#: each pass over the input feeds 3 blocks rather than 1
+DENSE_TILE_3 = (3, 4)
+#: filter bytes of one unit above which the reduction runs in chunks of at most
+#: CHUNK_BYTES (see :func:`reduction_chunk`)
+CHUNK_ABOVE = 32 * 1024
+CHUNK_BYTES = 8 * 1024
+#: a 1x1 conv flattened to rows (see :func:`pointwise_rows`) is cut into at least this many
+#: parallel units (output rows x channel groups) where its size allows...
+MIN_UNITS = 8
+#: ...keeping rows at least this many columns wide
+MIN_ROW = 48
 #: columns per depthwise micro-kernel: T accumulators, the T + FW - 1 input vectors a row of
 #: taps shares (LLVM keeps them in registers across taps), one weight vector
 DEPTHWISE_TILE = 6
@@ -153,13 +167,43 @@ def pack_weights(g: BlockedConv, w: np.ndarray) -> np.ndarray:
     return w.reshape(kb, lanes, g.cg // inb, inb, g.fh, g.fw).transpose(0, 2, 4, 5, 3, 1)
 
 
+def register_tile(g: BlockedConv) -> tuple[int, int]:
+    """(output-channel blocks, output columns) of the micro-kernel's accumulator tile."""
+    if g.depthwise:
+        return 1, DEPTHWISE_TILE
+    blocks = g.kg // g.lanes
+    for tile in (DENSE_TILE, DENSE_TILE_3):
+        if blocks % tile[0] == 0:
+            return tile
+    return 1, DENSE_TILE[0] * DENSE_TILE[1]
+
+
+def flat_rows(pixels: int, groups: int) -> int:
+    """How many rows to cut ``pixels`` flattened output columns into: the fewest (a divisor
+    of ``pixels``) that make ``groups`` x rows >= MIN_UNITS parallel units, unless rows
+    would get narrower than MIN_ROW columns (then the most rows that stay that wide)."""
+    best = 1
+    for rows in range(1, pixels + 1):
+        if pixels % rows:
+            continue
+        if pixels // rows < MIN_ROW and rows > 1:
+            break
+        best = rows
+        if groups * rows >= MIN_UNITS:
+            break
+    return best
+
+
 def pointwise_rows(g: BlockedConv, kb, conv: Node) -> BlockedConv:
-    """A 1x1, stride-1, unpadded conv on blocked X and Y as one output row of OH*OW columns
-    (the same bytes: [N, C/8, H, W, 8] is [N, C/8, 1, H*W, 8]): a 7x7 output is then one
-    49-column row, 8 full register tiles and a 1-column tail, instead of 7 rows that each
-    end in a 1-column tail (ResNet-50's layer4 1x1 convs ran at 61% of peak that way).
-    Only where the fused epilogue reads every other operand either whole or broadcast over
-    both spatial dims, so the flat column index addresses it correctly."""
+    """A 1x1, stride-1, unpadded conv on blocked X and Y as output rows of any width that
+    divides OH*OW (the same bytes: [N, C/8, H, W, 8] is [N, C/8, R, H*W/R, 8]): a 7x7 output
+    is then one 49-column row, 8 full register tiles and a 1-column tail, instead of 7 rows
+    that each end in a 1-column tail (ResNet-50's layer4 1x1 convs ran at 61% of peak that
+    way). Few output channels (16 or 24 at 112x112 or 56x56 in MobileNetV2) would leave only
+    1..3 parallel units (channel groups x rows) for the threads to share, so the pixels are
+    cut into as many rows as :func:`flat_rows` says. Only where the fused epilogue reads
+    every other operand either whole or broadcast over both spatial dims, so the flat
+    column index addresses it correctly."""
     if not (g.blocked and g.x_blocked and (g.fh, g.fw, g.sh, g.sw) == (1, 1, 1, 1)
             and g.pt == g.pl == 0 and (g.oh, g.ow) == (g.h, g.w) and g.oh > 1):
         return g
@@ -171,12 +215,16 @@ def pointwise_rows(g: BlockedConv, kb, conv: Node) -> BlockedConv:
             spatial = tuple(v.type.shape[2:4])
             if spatial not in (out_spatial, (1, 1)):
                 return g
-    return replace(g, h=1, w=g.h * g.w, oh=1, ow=g.oh * g.ow)
+    pixels = g.oh * g.ow
+    rows = flat_rows(pixels, g.n * g.k // (g.lanes * register_tile(g)[0]))
+    return replace(g, h=rows, w=pixels // rows, oh=rows, ow=pixels // rows)
 
 
 def conv_nchwc(kb, conv: Node) -> list[K.Stmt]:
     """Statements of a kernel computing the blocked ``conv`` (the first member of ``kb``)."""
     g = pointwise_rows(BlockedConv.of(conv), kb, conv)
+    flat = g.oh * g.ow == conv.outputs[0].type.shape[2] * conv.outputs[0].type.shape[3] \
+        and g.ow != conv.outputs[0].type.shape[3]   # rows of pointwise_rows, not Y's
     x, w = conv.inputs[0], conv.inputs[1]
     bias = conv.inputs[2] if len(conv.inputs) > 2 else None
     dtype = K.scalar_of(kb.out.dtype)
@@ -186,12 +234,7 @@ def conv_nchwc(kb, conv: Node) -> list[K.Stmt]:
     xin = kb.buffers[x.name]
     inb = g.in_block
     cbs, kbs = g.c // inb, g.k // L               # channel blocks of X and of Y
-    if g.depthwise:
-        rows, cols = 1, DEPTHWISE_TILE
-    elif (g.kg // L) % DENSE_TILE[0]:
-        rows, cols = 1, DENSE_TILE[0] * DENSE_TILE[1]
-    else:
-        rows, cols = DENSE_TILE
+    rows, cols = register_tile(g)
 
     # --- the parallel loop: one output row of ``rows`` channel blocks per iteration. Index
     # arithmetic is declared once per loop level (the renderer does not share
@@ -215,6 +258,10 @@ def conv_nchwc(kb, conv: Node) -> list[K.Stmt]:
     x_row = kb.fresh("xrow")     # X at (n, first block, oh*S - P_top, column 0, lane 0)
     head.append(K.Declare(x_row, ((n * cbs + first_block) * g.h + oh * g.sh - g.pt) * x_h))
 
+    in_registers = register_epilogue(kb, conv, g, flat)
+    chunk = reduction_chunk(g, rows, cols)       # input channel blocks per pass over a row
+    ck = kb.fresh("chunk") if chunk < cgb else None
+
     def tile(ow0: K.Expr, taps_of: list[list[int]], checks: bool) -> list[K.Stmt]:
         """One micro-kernel: ``rows`` x ``width`` accumulators over the whole reduction;
         column ``t`` of the tile takes kernel columns ``taps_of[t]``."""
@@ -225,6 +272,13 @@ def conv_nchwc(kb, conv: Node) -> list[K.Stmt]:
             start = (K.Load(kb.buffers[bias.name], (k0 + r) * L, L) if bias is not None
                      else K.broadcast(0.0, L, dtype))
             stmts += [K.Declare(a, start) for a in acc[r]]
+        y_tile = kb.fresh("yt")
+        if g.blocked:
+            stmts.append(K.Declare(y_tile, (((n * kbs + k0) * g.oh + oh) * g.ow + ow0) * L))
+        if ck is not None:   # later chunks go on from the partial sums stored by the last
+            stmts.append(K.If(ck.gt(0), [
+                K.Assign(acc[r][t], K.Load(kb.out, y_tile + (r * g.oh * g.ow + t) * L, L))
+                for r in range(rows) for t in range(width)]))
         x_tile = kb.fresh("xt")      # X at the tile's first column
         stmts.append(K.Declare(x_tile, x_row + (ow0 * g.sw - g.pl) * x_w))
 
@@ -280,12 +334,18 @@ def conv_nchwc(kb, conv: Node) -> list[K.Stmt]:
             stmts += kernel_rows(None)
         else:
             cb = kb.fresh("cb")
-            stmts.append(K.Loop(cb, K.Const(0), K.Const(cgb), kernel_rows(cb), "rolled"))
-        y_tile = kb.fresh("yt")
+            lo, hi = (K.Const(0), K.Const(cgb)) if ck is None else (ck * chunk, ck * chunk + chunk)
+            stmts.append(K.Loop(cb, lo, hi, kernel_rows(cb), "rolled"))
         if g.blocked:   # Y [N, K/8, OH, OW, 8]: one vector store per accumulator
-            stmts.append(K.Declare(y_tile, (((n * kbs + k0) * g.oh + oh) * g.ow + ow0) * L))
-            stmts += [K.Store(kb.out, y_tile + (r * g.oh * g.ow + t) * L, acc[r][t])
-                      for r in range(rows) for t in range(width)]
+            def stores(final: bool) -> list[K.Stmt]:
+                return [K.Store(kb.out, y_tile + (r * g.oh * g.ow + t) * L,
+                                in_registers(n, k0 + r, oh, ow0 + t, acc[r][t])
+                                if final and in_registers is not None else acc[r][t])
+                        for r in range(rows) for t in range(width)]
+            if ck is None or in_registers is None:
+                stmts += stores(True)
+            else:            # the fused epilogue on the last chunk's sums only
+                stmts.append(K.If(ck.eq(cgb // chunk - 1), stores(True), stores(False)))
         else:           # Y [N, K, OH, OW]: each lane to its channel's plane
             plane = g.oh * g.ow
             stmts.append(K.Declare(y_tile, ((n * g.k + k0 * L) * g.oh + oh) * g.ow + ow0))
@@ -318,8 +378,37 @@ def conv_nchwc(kb, conv: Node) -> list[K.Stmt]:
     top = min(g.oh, -(-g.pt // g.sh))
     bottom = max(top, min(g.oh, (g.h - 1 + g.pt - (g.fh - 1) * g.dh) // g.sh + 1))
     body = head + row(checks=not (top == 0 and bottom == g.oh))
-    body += epilogue(kb, conv, n, k0, oh, rows, g)
+    if ck is not None:
+        body = head + [K.Loop(ck, K.Const(0), K.Const(cgb // chunk), body[len(head):],
+                              "rolled")]
+    if in_registers is None:
+        body += epilogue(kb, conv, n, k0, oh, rows, g, flat)
     return [K.Loop(unit, K.Const(0), K.Const(g.n * groups_of_rows * g.oh), body, "parallel")]
+
+
+def reduction_chunk(g: BlockedConv, rows: int, cols: int) -> int:
+    """Input channel blocks per pass of a row's tiles over the reduction (all of them: no
+    chunks). Where one unit's filters (``rows`` output blocks) exceed CHUNK_ABOVE bytes they
+    no longer stay in L1 between the tiles of a row, so every tile streams them from L2
+    (2048->512 1x1 convs at 7x7: 128 KiB per unit, 9 tiles): the reduction over input
+    channels is then cut into chunks of at most CHUNK_BYTES of filters, each run over the
+    whole row with the partial sums stored in Y and reloaded (the fused epilogue runs on the
+    last chunk). Only for blocked dense convs whose rows have several tiles, and not for
+    strided 1x1 convs: ResNet-50's layer4 downsample (1024->2048, 14x14 -> 7x7) ran at 37%
+    of peak in chunks against 64% without (in the model; alone both were equal)."""
+    if g.depthwise or not g.blocked or g.ow <= cols:   # one tile per row: no reuse
+        return g.cg // g.in_block
+    if g.fh == g.fw == 1 and (g.sh, g.sw) != (1, 1):
+        return g.cg // g.in_block
+    cgb = g.cg // g.in_block
+    per_block = g.in_block * g.fh * g.fw * g.lanes * rows * 4   # filter bytes per block
+    if cgb * per_block <= CHUNK_ABOVE:
+        return cgb
+    best = 1
+    for chunk in range(1, cgb + 1):
+        if cgb % chunk == 0 and chunk * per_block <= CHUNK_BYTES:
+            best = chunk
+    return best
 
 
 def loop_order(g: BlockedConv) -> str:
@@ -333,7 +422,7 @@ def loop_order(g: BlockedConv) -> str:
     weights = g.k * g.cg * g.fh * g.fw * 4
     x = g.c * g.h * g.w * 4
     rows = weights if weights <= L2_BUDGET else weights * g.oh
-    groups = g.k // (g.lanes * DENSE_TILE[0])
+    groups = g.k // (g.lanes * register_tile(g)[0])
     channels = x if x <= L2_BUDGET else 2 * x * max(1, groups)
     return "rows" if rows <= channels else "channels"
 
@@ -362,8 +451,11 @@ def tile_runs(width: int, most: int) -> list[tuple[int, int, int]]:
 
 
 def epilogue(kb, conv: Node, n: K.Expr, k0: K.Expr, oh: K.Expr, rows: int,
-             g: BlockedConv) -> list[K.Stmt]:
-    """The fused consumers of the conv (ReLU, residual Add...), over the finished rows."""
+             g: BlockedConv, flat: bool = False) -> list[K.Stmt]:
+    """The fused consumers of the conv (ReLU, residual Add...), over the finished rows.
+    ``flat``: ``g``'s rows are :func:`pointwise_rows`' cut of the flattened pixels, not Y's
+    rows, so the other operands (shaped like Y, or broadcast over both spatial dims) are read
+    at pixel ``oh * OW + col`` of one flat row."""
     if kb.members[-1] is conv:
         return []
     y = conv.outputs[0]
@@ -372,8 +464,10 @@ def epilogue(kb, conv: Node, n: K.Expr, k0: K.Expr, oh: K.Expr, rows: int,
     for r in range(rows):
         col, lane = kb.fresh("col"), kb.fresh("lane")
         if g.blocked:
-            idx = [n, k0 + r, oh, col, lane]
-            shape: tuple[int, ...] = (g.n, g.k // g.lanes, g.oh, g.ow, g.lanes)
+            idx = [n, k0 + r, oh, col, lane] if not flat else \
+                [n, k0 + r, K.Const(0), oh * g.ow + col, lane]
+            shape: tuple[int, ...] = (g.n, g.k // g.lanes, g.oh, g.ow, g.lanes) if not flat \
+                else (g.n, g.k // g.lanes, 1, g.oh * g.ow, g.lanes)
         else:
             idx = [n, (k0 + r) * g.lanes + lane, oh, col]
             shape = (g.n, g.k, g.oh, g.ow)
@@ -387,3 +481,143 @@ def epilogue(kb, conv: Node, n: K.Expr, k0: K.Expr, oh: K.Expr, rows: int,
                           [K.Loop(col, K.Const(0), K.Const(g.ow), inner, "vector")])
         stmts.append(loop)
     return stmts
+
+
+def register_epilogue(kb, conv: Node, g: BlockedConv, flat: bool = False):
+    """The fused consumers of a blocked conv applied to its accumulators before the store:
+    a function (n, output block, oh, column, accumulator) -> the vector to store, or None
+    where :func:`epilogue` must run over the stored rows instead (an NCHW output, or a
+    consumer whose element is not lane-wise: see :func:`lanewise`). In registers, ReLU/Clip
+    cost one or two vector ops per accumulator and a residual Add one vector load, where the
+    row epilogue re-reads and re-writes the whole output row (+60% on a 14x14 depthwise conv
+    with Clip, +15% on a 1x1 expansion at 112x112)."""
+    if not g.blocked or kb.members[-1] is conv:
+        return None
+    y = conv.outputs[0]
+    own = K.Buffer(f"{y.name}.acc", kb.out.dtype, 0)   # stands for the accumulator
+
+    def value(n: K.Expr, k: K.Expr, oh: K.Expr, col: K.Expr, acc: K.Expr) -> K.Expr | None:
+        lane = kb.fresh("lane")
+        kb.buffers[y.name] = own
+        try:
+            idx = [n, k, oh, col, lane] if not flat else [n, k, K.Const(0), oh * g.ow + col, lane]
+            pre, e = kb.element(kb.output, idx)
+        finally:
+            kb.buffers[y.name] = kb.out
+        return None if pre else lanewise(e, lane, own, acc, g.lanes)
+
+    probe = [kb.fresh(name) for name in ("n", "k", "oh", "col")]
+    if value(*probe, K.Var("acc", K.vector(kb.out.dtype, g.lanes))) is None:
+        return None
+    return value
+
+
+class _NotAffine(Exception):
+    pass
+
+
+_INT_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
+            "//": lambda a, b: a // b, "%": lambda a, b: a % b, "max": max, "min": min}
+
+
+class _Setting(dict):
+    """Values of index variables: ``fixed`` ones, the others arbitrary but deterministic."""
+
+    def __init__(self, seed: int, fixed: dict[str, int]):
+        super().__init__(fixed)
+        self.seed = seed
+
+    def __missing__(self, name: str) -> int:
+        self[name] = value = 2 + (zlib.crc32(name.encode()) + 13 * self.seed) % 97
+        return value
+
+
+def _int_value(e: K.Expr, env: _Setting, memo: dict[int, int]) -> int:
+    """An index expression's value with its variables set from ``env``; raises _NotAffine
+    on anything but integer arithmetic."""
+    known = memo.get(id(e))
+    if known is not None:
+        return known
+    if isinstance(e, K.Const) and e.dtype == "i64":
+        v = int(e.value)
+    elif isinstance(e, K.Var) and e.dtype == "i64":
+        v = env[e.name]
+    elif isinstance(e, K.Bin) and e.op in _INT_OPS and e.dtype == "i64":
+        b = _int_value(e.b, env, memo)
+        if e.op in ("//", "%") and b == 0:
+            raise _NotAffine
+        v = _INT_OPS[e.op](_int_value(e.a, env, memo), b)
+    else:
+        raise _NotAffine
+    memo[id(e)] = v
+    return v
+
+
+def _lane_stride(index: K.Expr, lane: K.Var, lanes: int) -> int | None:
+    """0 if ``index`` does not depend on ``lane``, 1 if it is ``base + lane`` for lane in
+    0..lanes-1 (checked at two settings of the other variables), else None."""
+    strides = set()
+    for seed in (0, 1):
+        try:
+            values = [_int_value(index, _Setting(seed, {lane.name: v}), {})
+                      for v in range(lanes)]
+        except _NotAffine:
+            return None
+        strides |= {b - a for a, b in zip(values, values[1:])}
+    stride = strides.pop() if len(strides) == 1 else None
+    return stride if stride in (0, 1) else None
+
+
+def _without_lane(e: K.Expr, lane: K.Var) -> K.Expr:
+    """``e`` with ``lane`` = 0."""
+    if isinstance(e, K.Var) and e.name == lane.name:
+        return K.Const(0)
+    if isinstance(e, K.Bin):
+        return K.Bin(e.op, _without_lane(e.a, lane), _without_lane(e.b, lane))
+    return e
+
+
+def lanewise(e: K.Expr, lane: K.Var, own: K.Buffer, acc: K.Expr, lanes: int) -> K.Expr | None:
+    """The vector of ``e`` over ``lane`` = 0..lanes-1, with loads of ``own`` (the conv
+    result at the same element) replaced by ``acc``; None unless every load is contiguous
+    in ``lane`` or independent of it, and every operation has a vector form."""
+    memo: dict[int, K.Expr | None] = {}
+
+    def go(x: K.Expr) -> K.Expr | None:
+        if id(x) in memo:
+            return memo[id(x)]
+        memo[id(x)] = out = visit(x)
+        return out
+
+    def visit(x: K.Expr) -> K.Expr | None:
+        if isinstance(x, K.Load) and x.lanes == 1:
+            if x.buffer is own:
+                return acc
+            if x.buffer.dtype not in ("f32", "f64"):
+                return None
+            stride = _lane_stride(x.index, lane, lanes)
+            if stride == 1:
+                return K.Load(x.buffer, _without_lane(x.index, lane), lanes)
+            return K.Broadcast(x, lanes) if stride == 0 else None
+        if isinstance(x, K.Const) and x.dtype in ("f32", "f64"):
+            return K.Broadcast(x, lanes)
+        if isinstance(x, K.Bin) and x.op not in ("//", "%"):
+            a, b = go(x.a), go(x.b)
+            return None if a is None or b is None else K.Bin(x.op, a, b)
+        if isinstance(x, K.Call) and x.fn in ("neg", "abs", "sqrt", "floor", "ceil", "fma",
+                                              "exp", "log", "tanh"):
+            args = [go(a) for a in x.args]
+            if any(a is None for a in args) or (x.fn in ("exp", "log", "tanh")
+                                                and x.dtype != "f32"):
+                return None
+            return K.Call(x.fn, tuple(args), K.vector(x.dtype, lanes))
+        if isinstance(x, K.Select):
+            c, a, b = go(x.cond), go(x.a), go(x.b)
+            if c is None or a is None or b is None or not all(
+                    K.speculatable(v, {}) for v in (a, b)):
+                return None
+            return K.Select(c, a, b)
+        return None
+
+    out = go(e)
+    return out if out is not None and out.dtype == acc.dtype else None
