@@ -506,10 +506,19 @@ def register_epilogue(kb, conv: Node, g: BlockedConv, flat: bool = False):
             kb.buffers[y.name] = kb.out
         return None if pre else lanewise(e, lane, own, acc, g.lanes)
 
+    # derived once over placeholder variables, then instantiated per accumulator (deriving
+    # it per accumulator cost ResNet-50's cached compile 0.3 s)
     probe = [kb.fresh(name) for name in ("n", "k", "oh", "col")]
-    if value(*probe, K.Var("acc", K.vector(kb.out.dtype, g.lanes))) is None:
+    acc = K.Var("acc", K.vector(kb.out.dtype, g.lanes))
+    template = value(*probe, acc)
+    if template is None:
         return None
-    return value
+    names = [v.name for v in (*probe, acc)]
+
+    def instance(n: K.Expr, k: K.Expr, oh: K.Expr, col: K.Expr, acc: K.Expr) -> K.Expr:
+        return K.substitute(template, dict(zip(names, (n, k, oh, col, acc))))
+
+    return instance
 
 
 class _NotAffine(Exception):

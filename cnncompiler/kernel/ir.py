@@ -6,7 +6,7 @@ renderers only translate.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 SCALAR_TYPES = ("f32", "f64", "i64", "i1")
 ARITH = ("+", "-", "*", "/", "max", "min", "%", "//")
@@ -314,6 +314,29 @@ def speculatable(e: Expr, memo: dict[int, bool]) -> bool:
         ok = True
     memo[id(e)] = ok
     return ok
+
+
+def substitute(e: Expr, values: dict[str, Expr]) -> Expr:
+    """``e`` with the variables named in ``values`` replaced (shared subexpressions stay
+    shared): a schedule builds an expression once over placeholder variables and then
+    instantiates it per tile, instead of deriving it again."""
+    memo: dict[int, Expr] = {}
+
+    def sub(x):
+        if isinstance(x, Var):
+            return values.get(x.name, x)
+        if isinstance(x, tuple):
+            items = tuple(sub(i) for i in x)
+            return items if any(a is not b for a, b in zip(items, x)) else x
+        if not isinstance(x, Expr):
+            return x
+        if id(x) not in memo:
+            changes = {f.name: new for f in fields(x) if f.init
+                       if (new := sub(getattr(x, f.name))) is not getattr(x, f.name)}
+            memo[id(x)] = replace(x, **changes) if changes else x
+        return memo[id(x)]
+
+    return sub(e)
 
 
 def flat_index(indices: list[Expr], shape: tuple[int, ...]) -> Expr:
