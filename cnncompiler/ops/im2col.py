@@ -24,7 +24,15 @@ from typing import Any
 import numpy as np
 
 from cnncompiler.ir.types import TensorType
-from cnncompiler.ops.opdef import REQUIRED, Attr, FusionKind, InferContext, Input, OpDef
+from cnncompiler.ops.opdef import (
+    REQUIRED,
+    Attr,
+    FusionKind,
+    InferContext,
+    Input,
+    OpDef,
+    no_flops,
+)
 from cnncompiler.ops.registry import register
 from cnncompiler.ops.windows import check_2d, pad_nchw, spatial_out, window_attrs, window_views
 
@@ -111,13 +119,8 @@ def _im2col_grad_reference(inputs: list, attrs: dict[str, Any]) -> np.ndarray:
     return xp[:, :, pads[0]:pads[0] + h, pads[1]:pads[1] + w].astype(cols.dtype)
 
 
-def _moved(ctx: InferContext) -> int:
-    """No arithmetic: the cost model counts flops, and these only move data (Im2ColGrad's
-    adds are counted: one per column entry)."""
-    return 0
-
-
 def _added(ctx: InferContext) -> int:
+    """Im2ColGrad adds each column entry into its cell (Im2Col only moves data: no flops)."""
     return math.prod(ctx.inputs[0].shape)
 
 
@@ -132,7 +135,7 @@ IM2COL = register(OpDef(
     attrs=_ATTRS,
     infer=_im2col_infer,
     reference=_im2col_reference,
-    flops=_moved,
+    flops=no_flops,
     # its own row-copy kernel: never inlined into the GEMM that reads it
     fusion=FusionKind.OPAQUE,
 ))
