@@ -316,27 +316,34 @@ def speculatable(e: Expr, memo: dict[int, bool]) -> bool:
     return ok
 
 
+def rewrite(x, leaf):
+    """``x`` (kernel IR: expressions, statements, lists of them) with every variable and
+    buffer ``b`` replaced by ``leaf(b)``; nodes nothing changed in are kept, and shared
+    subexpressions stay shared."""
+    memo: dict[int, object] = {}
+
+    def sub(y):
+        if isinstance(y, (Var, Buffer)):
+            return leaf(y)
+        if isinstance(y, (list, tuple)):
+            items = [sub(i) for i in y]
+            return type(y)(items) if any(a is not b for a, b in zip(items, y)) else y
+        if not isinstance(y, (Expr, Stmt)):
+            return y
+        if id(y) not in memo:
+            changes = {f.name: new for f in fields(y) if f.init
+                       if (new := sub(getattr(y, f.name))) is not getattr(y, f.name)}
+            memo[id(y)] = replace(y, **changes) if changes else y
+        return memo[id(y)]
+
+    return sub(x)
+
+
 def substitute(e: Expr, values: dict[str, Expr]) -> Expr:
-    """``e`` with the variables named in ``values`` replaced (shared subexpressions stay
-    shared): a schedule builds an expression once over placeholder variables and then
-    instantiates it per tile, instead of deriving it again."""
-    memo: dict[int, Expr] = {}
-
-    def sub(x):
-        if isinstance(x, Var):
-            return values.get(x.name, x)
-        if isinstance(x, tuple):
-            items = tuple(sub(i) for i in x)
-            return items if any(a is not b for a, b in zip(items, x)) else x
-        if not isinstance(x, Expr):
-            return x
-        if id(x) not in memo:
-            changes = {f.name: new for f in fields(x) if f.init
-                       if (new := sub(getattr(x, f.name))) is not getattr(x, f.name)}
-            memo[id(x)] = replace(x, **changes) if changes else x
-        return memo[id(x)]
-
-    return sub(e)
+    """``e`` with the variables named in ``values`` replaced: a schedule builds an
+    expression once over placeholder variables and then instantiates it per tile, instead
+    of deriving it again."""
+    return rewrite(e, lambda v: values.get(v.name, v) if isinstance(v, Var) else v)
 
 
 def flat_index(indices: list[Expr], shape: tuple[int, ...]) -> Expr:

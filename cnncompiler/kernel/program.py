@@ -227,25 +227,9 @@ def merge_into_output(kernel: K.Kernel, name: str, output: str | None = None) ->
     read then written."""
     out = _output_buffer(kernel, output)
     drop = {id(kernel.buffers[k]) for k, n in enumerate(kernel.inputs) if n == name}
-    memo: dict[int, object] = {}
-
-    def sub(x):
-        if isinstance(x, K.Buffer):
-            return out if id(x) in drop else x
-        if isinstance(x, (list, tuple)):
-            items = [sub(i) for i in x]
-            changed = any(a is not b for a, b in zip(items, x))
-            return type(x)(items) if changed else x
-        if not isinstance(x, (K.Expr, K.Stmt)):
-            return x
-        if id(x) not in memo:
-            changes = {f.name: new for f in fields(x) if f.init
-                       if (new := sub(getattr(x, f.name))) is not getattr(x, f.name)}
-            memo[id(x)] = replace(x, **changes) if changes else x
-        return memo[id(x)]
-
+    body = K.rewrite(kernel.body, lambda b: out if id(b) in drop else b)
     keep = [k for k, b in enumerate(kernel.buffers) if id(b) not in drop]
-    return replace(kernel, body=sub(kernel.body),
+    return replace(kernel, body=body,
                    buffers=[kernel.buffers[k] for k in keep],
                    inputs=[n for n in kernel.inputs if n != name])
 
