@@ -265,6 +265,9 @@ class _KernelRenderer:
             self.if_(s)
         elif isinstance(s, K.Local):
             self.local(s.buffer)
+        elif isinstance(s, (K.Shared, K.Barrier)):
+            raise self.error(f"{type(s).__name__} belongs to the gpu schedule's work-groups, "
+                             f"which CPU threads do not run")
         else:
             raise self.error(f"unsupported statement {type(s).__name__}")
 

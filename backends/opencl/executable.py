@@ -26,6 +26,7 @@ from cnncompiler.backends.opencl.render import (
 )
 from cnncompiler.errors import CnnCompilerError, UnsupportedError
 from cnncompiler.ir.graph import Graph
+from cnncompiler.kernel.gpu_tiled import WorkGroupLimits
 from cnncompiler.kernel.program import lower_graph
 from cnncompiler.runtime.backend import PerShapeExecutable
 from cnncompiler.runtime.profile import Profile, kernel_row
@@ -49,6 +50,11 @@ class DeviceContext:
         self.schedule = schedule
         # sub-buffer origins must be multiples of the device's base address alignment
         self.alignment = max(64, self.device.mem_base_addr_align // 8)
+        # what a work-group of the gpu schedule's tiled kernels may use here
+        self.limits = WorkGroupLimits(
+            max_items=min(256, self.device.max_work_group_size,
+                          self.device.max_work_item_sizes[0]),
+            local_bytes=min(32768, self.device.local_mem_size))
 
     @property
     def cpu(self) -> bool:
@@ -63,7 +69,8 @@ class CompiledProgram:
         cl = device.cl
         self.graph, self.device = graph, device
         self.state = dict(state or {})
-        program = lower_graph(graph, device.alignment, device.schedule, state=self.state)
+        program = lower_graph(graph, device.alignment, device.schedule, state=self.state,
+                              limits=device.limits)
         self.plan = program.plan
         self.state_copies = program.state_copies   # state updated by a copy, not in place
         # a CPU device wants a few heavy work-items per core; a GPU one per row or element
@@ -125,6 +132,15 @@ class CompiledProgram:
                 args.append(self.scratch)
             handle = cl.Kernel(self.program, kernel.name)
             handle.set_args(*args)
+            if kernel.local_size is not None:
+                fits = handle.get_work_group_info(cl.kernel_work_group_info.WORK_GROUP_SIZE,
+                                                  self.device.device)
+                if math.prod(kernel.local_size) > fits:
+                    raise UnsupportedError(
+                        f"kernel {kernel.name!r} of node '{call.node.name}' "
+                        f"({call.node.op}) needs work-groups of {kernel.local_size} "
+                        f"work-items; device {self.device.info.name!r} runs it in groups of "
+                        f"at most {fits}")
             self.launches[i] = (handle, kernel, call)
             self._launch(handle, kernel)
 
@@ -160,9 +176,11 @@ class CompiledProgram:
         return view
 
     def _local_size(self, kernel: RenderedKernel) -> tuple[int, ...] | None:
-        """One work-item per work-group on a CPU device (each is a heavy unit of the
-        schedule's parallel loop; the driver spreads work-groups over its cores); the
-        driver's choice on a GPU."""
+        """The work-group a tiled kernel was written for; else one work-item per
+        work-group on a CPU device (each is a heavy unit of the schedule's parallel loop;
+        the driver spreads work-groups over its cores), and the driver's choice on a GPU."""
+        if kernel.local_size is not None:
+            return kernel.local_size
         return (1,) * len(kernel.global_size) if self.device.cpu else None
 
     def _launch(self, handle, kernel: RenderedKernel):

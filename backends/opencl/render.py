@@ -85,6 +85,9 @@ class RenderedKernel:
     uses_fp64: bool = False
     #: buffers the kernel stores to (the others are passed ``const``)
     written: set[str] = field(default_factory=set)
+    #: the work-group shape a kernel with a "workitems" loop must be launched with (None:
+    #: any; the runtime or driver picks)
+    local_size: tuple[int, ...] | None = None
 
     @property
     def work_items(self) -> int:
@@ -158,6 +161,7 @@ class _KernelRenderer:
         self.scratch_bytes = 0
         self.uses_fp64 = False
         self.flat_id = "0"
+        self.in_group = False   # inside a workitems loop (Barriers allowed)
 
     def error(self, message: str) -> CnnCompilerError:
         return CnnCompilerError(f"kernel '{self.kernel.name}': {message}")
@@ -181,16 +185,31 @@ class _KernelRenderer:
             self.uses_fp64 |= buf.dtype == "f64"
 
         grid, body = _grid(kernel.body, self.max_dims)
+        shared, items = _work_group(body)
+        if items is not None and not grid:
+            raise self.error("a workitems loop must sit in a parallel loop over work-groups")
         sizes = []
         for d, loop in enumerate(grid):
             start, stop = int(loop.start.value), int(loop.stop.value)
             sizes.append(max(0, stop - start))
             var = loop.var.name
-            self.out.line(f"const long {var} = {start}L + (long)get_global_id({d});")
+            # with work-groups, a grid index is the work-group's (the same for all of its
+            # work-items, so the range check's return is taken by the whole group or none)
+            position = "get_group_id" if items is not None else "get_global_id"
+            self.out.line(f"const long {var} = {start}L + (long){position}({d});")
             self.out.line(f"if ({var} >= {stop}L) return;")
             self.scope[var] = "i64"
             if start >= 0:
                 self.counters.add(var)
+        local_size = None
+        if items is not None:
+            group_size = self.work_items(items)
+            local_size = (group_size,) + (1,) * (len(grid) - 1)
+            sizes[0] *= group_size
+            for s in shared:
+                self.shared(s.buffer)
+            body = items.body
+            self.in_group = True
         if grid:   # the work-item's position in the whole range, for scratch slices
             terms = [f"(long)get_global_id({d})" for d in range(len(grid))]
             flat = terms[0]
@@ -204,7 +223,33 @@ class _KernelRenderer:
         source = head + " {\n" + "\n".join(self.out.lines) + "\n}\n"
         written_names = {b.name for b in kernel.buffers if id(b) in written}
         return RenderedKernel(kernel.name, source, tuple(sizes) or (1,), self.scratch_bytes,
-                              self.uses_fp64, written_names)
+                              self.uses_fp64, written_names, local_size)
+
+    def work_items(self, loop: K.Loop) -> int:
+        """Open a "workitems" loop: its index is the work-item's local id; its constant trip
+        count is the work-group size."""
+        if not (isinstance(loop.start, K.Const) and int(loop.start.value) == 0
+                and isinstance(loop.stop, K.Const) and int(loop.stop.value) > 0):
+            raise self.error(f"workitems loop '{loop.var.name}' must run from 0 to a "
+                             f"positive constant")
+        self.out.line(f"const long {loop.var.name} = (long)get_local_id(0);")
+        self.scope[loop.var.name] = "i64"
+        self.counters.add(loop.var.name)
+        return int(loop.stop.value)
+
+    def shared(self, buf: K.Buffer) -> None:
+        """A Shared buffer: ``__local`` memory, declared at kernel scope (OpenCL C 1.2
+        allows ``__local`` variables nowhere else)."""
+        if id(buf) in self.names:
+            raise self.error(f"shared buffer '{buf.name}' is already defined")
+        if buf.dtype not in _MEMORY_TYPES or buf.dtype == "i1":
+            raise self.error(f"shared buffer '{buf.name}' has unsupported dtype {buf.dtype!r}")
+        name = _c_name(buf.name, set(self.names.values()))
+        self.names[id(buf)] = name
+        self.buffer_types[id(buf)] = buf.dtype
+        self.uses_fp64 |= buf.dtype == "f64"
+        self.out.lines.insert(0, f"    __local {_MEMORY_TYPES[buf.dtype]} {name}[{buf.size}] "
+                                 f"__attribute__((aligned(16)));")
 
     # ------------------------------------------------------------------ statements
     def block(self, stmts: Sequence[K.Stmt]) -> None:
@@ -243,6 +288,13 @@ class _KernelRenderer:
                 self.nested("else {", s.otherwise)
         elif isinstance(s, K.Local):
             self.local(s.buffer)
+        elif isinstance(s, K.Barrier):
+            if not self.in_group:
+                raise self.error("a Barrier outside a workitems loop")
+            self.out.line("barrier(CLK_LOCAL_MEM_FENCE);")
+        elif isinstance(s, K.Shared):
+            raise self.error(f"shared buffer '{s.buffer.name}' must be declared just before "
+                             f"its workitems loop")
         else:
             raise self.error(f"unsupported statement {type(s).__name__}")
 
@@ -280,6 +332,9 @@ class _KernelRenderer:
     def loop(self, s: K.Loop) -> None:
         if s.var.dtype != "i64":
             raise self.error(f"loop index '{s.var.name}' must be i64, not {s.var.dtype}")
+        if s.kind == "workitems":
+            raise self.error(f"workitems loop '{s.var.name}' must be the body of the "
+                             f"innermost parallel loop (after its Shared buffers)")
         if s.kind not in ("serial", "parallel", "vector", "unroll", "rolled"):
             raise self.error(f"unknown loop kind {s.kind!r} on loop '{s.var.name}'")
         for bound in (s.start, s.stop):
@@ -530,6 +585,15 @@ def _grid(body: list[K.Stmt], max_dims: int) -> tuple[list[K.Loop], list[K.Stmt]
         grid.append(body[0])
         body = body[0].body
     return grid, body
+
+
+def _work_group(body: list[K.Stmt]) -> tuple[list[K.Shared], K.Loop | None]:
+    """The Shared buffers and "workitems" loop making up ``body`` (the innermost grid
+    loop's body), or ([], None) if it is not a work-group's body."""
+    if body and isinstance(body[-1], K.Loop) and body[-1].kind == "workitems" and all(
+            isinstance(s, K.Shared) for s in body[:-1]):
+        return list(body[:-1]), body[-1]
+    return [], None
 
 
 def _c_name(name: str, used: set[str]) -> str:

@@ -36,6 +36,16 @@ def all_of(conds: list[K.Expr]) -> K.Expr | None:
     return out
 
 
+def window_needs_checks(node: Node, x_shape: tuple, out_shape: tuple, kernel: tuple) -> bool:
+    """Whether a 2-D window op (conv, pool) reads outside its input anywhere: padding, or
+    a last window running past the edge. Without that its taps need no bounds guards."""
+    a = node.attrs
+    dh, dw = a.get("dilations") or (1, 1)
+    last_h = (out_shape[2] - 1) * a["strides"][0] + (kernel[0] - 1) * dh - a["pads"][0]
+    last_w = (out_shape[3] - 1) * a["strides"][1] + (kernel[1] - 1) * dw - a["pads"][1]
+    return any(a["pads"][:2]) or last_h >= x_shape[2] or last_w >= x_shape[3]
+
+
 def constant(value: float, dtype: str) -> K.Expr:
     """``value`` as a kernel constant of ``dtype`` (bools are 0/1 of type i1)."""
     if dtype == "i1":

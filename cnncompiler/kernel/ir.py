@@ -219,7 +219,10 @@ class Loop(Stmt):
     """``for var in range(start, stop)``; ``kind`` is the schedule's decision: "serial",
     "parallel" (split across threads), "vector" (SIMD lanes), "unroll" or "rolled" (never
     unrolled: where unrolling would let the compiler merge loads of different iterations
-    and keep them live, as in a register-blocked conv)."""
+    and keep them live, as in a register-blocked conv), or "workitems": the work-items of
+    one GPU work-group, whose iterations run concurrently and meet at each :class:`Barrier`
+    (the only statement, after :class:`Shared` ones, of the body of the innermost parallel
+    loop, whose iterations are then the work-groups; only the OpenCL renderer takes it)."""
 
     var: Var
     start: Expr
@@ -242,6 +245,24 @@ class Local(Stmt):
     after this one may load and store."""
 
     buffer: Buffer
+
+
+@dataclass(eq=False)
+class Shared(Stmt):
+    """Memory shared by the work-items of one work-group (OpenCL's ``__local``):
+    uninitialised, declared before the "workitems" loop in the body of a work-group's
+    loop. A GPU stages operand tiles there, each element fetched from global memory once
+    per work-group instead of once per work-item that reads it."""
+
+    buffer: Buffer
+
+
+@dataclass(eq=False)
+class Barrier(Stmt):
+    """Every work-item of the work-group arrives here before any goes on, and their stores
+    to Shared buffers before it are visible to all of them after it. Only inside a
+    "workitems" loop, where every work-item reaches it (never under a condition that
+    differs between work-items)."""
 
 
 @dataclass(eq=False)
@@ -316,15 +337,18 @@ def speculatable(e: Expr, memo: dict[int, bool]) -> bool:
     return ok
 
 
-def rewrite(x, leaf):
+def rewrite(x, leaf, node=None):
     """``x`` (kernel IR: expressions, statements, lists of them) with every variable and
-    buffer ``b`` replaced by ``leaf(b)``; nodes nothing changed in are kept, and shared
+    buffer ``b`` replaced by ``leaf(b)``, and every expression ``e`` for which ``node(e)``
+    is not None replaced by that; nodes nothing changed in are kept, and shared
     subexpressions stay shared."""
     memo: dict[int, object] = {}
 
     def sub(y):
         if isinstance(y, (Var, Buffer)):
             return leaf(y)
+        if node is not None and isinstance(y, Expr) and (new := node(y)) is not None:
+            return new
         if isinstance(y, (list, tuple)):
             items = [sub(i) for i in y]
             return type(y)(items) if any(a is not b for a, b in zip(items, y)) else y

@@ -24,10 +24,12 @@ from cnncompiler.kernel.common import (  # noqa: F401 - DTYPES is re-exported
     in_range,
     kdtype,
     shape_of,
+    window_needs_checks,
 )
 from cnncompiler.kernel.conv_nchwc import blocked_conv_problem, conv_nchwc
 from cnncompiler.kernel.gemm import gemm_problem, gemm_rows, gemm_scale
 from cnncompiler.kernel.gemm_tiled import gemm_tiled, tiled_gemm_problem
+from cnncompiler.kernel.gpu_tiled import WorkGroupLimits, gpu_tiled, gpu_tiled_problem
 from cnncompiler.kernel.im2col import im2col_grad_rows, im2col_rows
 from cnncompiler.kernel.lower_reduce import (
     lower_arg_extreme,
@@ -58,9 +60,10 @@ class KernelBuilder:
     the values it reads from memory."""
 
     def __init__(self, node: Node, name: str, data: Mapping[str, np.ndarray] | None = None,
-                 output: int = 0, target: str = "cpu"):
+                 output: int = 0, target: str = "cpu", limits: WorkGroupLimits | None = None):
         self.node = node
         self.target = target
+        self.limits = limits or WorkGroupLimits()   # a "gpu" target's work-group limits
         self.data = data or {}     # stored values' arrays (weights), for compile-time packing
         self.dropped: set[str] = set()
         self.name = name
@@ -188,6 +191,8 @@ class KernelBuilder:
         first = self.members[0]
         if len(self.members) == 1 and anchor.op in ROW_KERNELS:
             body = ROW_KERNELS[anchor.op](self, anchor)
+        elif not cpu and gpu_tiled_problem(self, first, self.limits) is None:
+            body = gpu_tiled(self, first, self.limits)
         elif (first.op == "Conv" and first.inputs[0].name in self.buffers
               and winograd_problem(first, self.data_of(first.inputs[1]) is not None) is None):
             body = winograd_nchwc(self, first)
@@ -312,20 +317,12 @@ def _window_taps(kb: KernelBuilder, node: Node, idx: list[K.Expr], kernel: tuple
     return ti, tj, ih, iw, all_of(checks)
 
 
-def _needs_checks(node: Node, x_shape: tuple, out_shape: tuple, kernel: tuple) -> bool:
-    a = node.attrs
-    dh, dw = a.get("dilations") or (1, 1)
-    last_h = (out_shape[2] - 1) * a["strides"][0] + (kernel[0] - 1) * dh - a["pads"][0]
-    last_w = (out_shape[3] - 1) * a["strides"][1] + (kernel[1] - 1) * dw - a["pads"][1]
-    return any(a["pads"][:2]) or last_h >= x_shape[2] or last_w >= x_shape[3]
-
-
 def lower_conv(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
     x, w = node.inputs[0], node.inputs[1]
     xs, ws, ys = shape_of(x), shape_of(w), shape_of(node.outputs[0])
     k_out, cg, fh, fw = ws
     group = node.attrs["group"]
-    checks = _needs_checks(node, xs, ys, (fh, fw))
+    checks = window_needs_checks(node, xs, ys, (fh, fw))
     ti, tj, ih, iw, inside = _window_taps(kb, node, idx, (fh, fw), xs, checks)
     c = kb.fresh("c")
     chan = idx[1] // (k_out // group) * cg + c if group > 1 else c
@@ -350,7 +347,7 @@ def lower_pool(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
     xs, ys = shape_of(x), shape_of(node.outputs[0])
     kernel = node.attrs["kernel_shape"]
     dtype = kdtype(node.outputs[0])
-    checks = _needs_checks(node, xs, ys, kernel)
+    checks = window_needs_checks(node, xs, ys, kernel)
     ti, tj, ih, iw, inside = _window_taps(kb, node, idx, kernel, xs, checks)
     # NCHW and NCHW{x}c have H, W at axes 2, 3; a channel block's lane index trails
     sx, xv = kb.load(x, [idx[0], idx[1], clamp(ih, xs[2]) if checks else ih,
@@ -893,14 +890,16 @@ TARGETS = ("cpu", "gpu")
 
 
 def lower_node(node: Node, name: str, data: Mapping[str, np.ndarray] | None = None,
-               output: int = 0, target: str = "cpu") -> K.Kernel:
+               output: int = 0, target: str = "cpu",
+               limits: WorkGroupLimits | None = None) -> K.Kernel:
     """The kernel computing output number ``output`` of ``node`` (a node with several
     outputs gets one kernel per output); ``data`` holds the graph's stored arrays (weights),
     which schedules may repack at compile time; ``target`` picks the schedules (``"cpu"``:
-    few heavy parallel iterations; ``"gpu"``: many light ones)."""
+    few heavy parallel iterations; ``"gpu"``: many light ones, and work-group tiles within
+    ``limits``)."""
     if target not in TARGETS:
         raise UnsupportedError(f"unknown kernel target {target!r}; known: {TARGETS}")
     if not 0 <= output < len(node.outputs):
         raise UnsupportedError(f"node '{node.name}' ({node.op}) has no output {output} "
                                f"(it has {len(node.outputs)})")
-    return KernelBuilder(node, name, data, output, target).build()
+    return KernelBuilder(node, name, data, output, target, limits).build()

@@ -26,6 +26,7 @@ import numpy as np
 from cnncompiler.errors import UnsupportedError
 from cnncompiler.ir.graph import Graph, Node, Value
 from cnncompiler.kernel import ir as K
+from cnncompiler.kernel.gpu_tiled import WorkGroupLimits
 from cnncompiler.kernel.lower import lower_node
 from cnncompiler.passes.memory import MemoryPlan, buffer_views, order_state_writes, plan_memory
 
@@ -66,9 +67,11 @@ def ident(name: str) -> str:
 
 
 def lower_graph(graph: Graph, alignment: int, target: str = "cpu",
-                state: Mapping[str, str] | None = None) -> GraphProgram:
+                state: Mapping[str, str] | None = None,
+                limits: WorkGroupLimits | None = None) -> GraphProgram:
     """Every kernel of ``graph`` (static shapes) in schedule order, with its bindings;
-    ``target`` picks the schedules (see :func:`~cnncompiler.kernel.lower.lower_node`);
+    ``target`` and a GPU's work-group ``limits`` pick the schedules (see
+    :func:`~cnncompiler.kernel.lower.lower_node`);
     ``state`` maps state inputs to their next values (see the module docstring).
 
     The memory plan never reuses an input's bytes for an output (``inplace=False``): kernels
@@ -81,7 +84,7 @@ def lower_graph(graph: Graph, alignment: int, target: str = "cpu",
         _check_state(graph, state)
 
         def can_write(node: Node, w: str) -> bool:
-            kernel = lower_node(node, "probe", graph.data, target=target)
+            kernel = lower_node(node, "probe", graph.data, target=target, limits=limits)
             if len(node.outputs) > 1 + len(kernel.extra_outputs):
                 return False   # one kernel per output: a later one may still read w
             return writes_in_place(kernel, w, state[w])
@@ -108,7 +111,7 @@ def lower_graph(graph: Graph, alignment: int, target: str = "cpu",
         several = len(node.outputs) > 1   # one kernel per output (Split)...
         for k, out in enumerate(node.outputs):
             name = f"k{i}_{ident(node.name)}" + (f"_out{k}" if several else "")
-            kernel = lower_node(node, name, graph.data, output=k, target=target)
+            kernel = lower_node(node, name, graph.data, output=k, target=target, limits=limits)
             written = [out.name, *kernel.extra_outputs]
             for value in written:
                 if value in writes:
@@ -128,7 +131,8 @@ def lower_graph(graph: Graph, alignment: int, target: str = "cpu",
             continue
         source, target_value = outputs[new], values[w]
         node = Node("Identity", [source], [Value(w, target_value.type)], name=f"state.{w}")
-        kernel = lower_node(node, f"state_copy_{ident(w)}", graph.data, target=target)
+        kernel = lower_node(node, f"state_copy_{ident(w)}", graph.data, target=target,
+                            limits=limits)
         src = weight(new) if source.is_stored else Binding(0, plan.offsets[new])
         assert len(kernel.buffers) == 2, "a copy kernel reads one buffer and writes one"
         program.calls.append(KernelCall(kernel, node, 0, [src, Binding(0, plan.offsets[w])]))
