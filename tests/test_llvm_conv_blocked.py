@@ -214,3 +214,91 @@ def test_pointwise_conv_cut_into_rows(monkeypatch, threads):
     check(clip_graph((1, 16, 9, 10), 16, 1, residual=True), threads=threads)
     monkeypatch.setattr(C, "register_epilogue", lambda *a: None)   # the row epilogue
     check(clip_graph((1, 16, 9, 10), 16, 1, residual=True), threads=threads)
+
+
+@pytest.fixture
+def subsampled(monkeypatch):
+    """Counts the strided 1x1 convs that run over a subsampled copy of their input."""
+    import cnncompiler.kernel.conv_nchwc as C
+
+    calls = []
+    original = C.subsample_input
+
+    def counting(kb, g, x):
+        calls.append(g.subsample)
+        return original(kb, g, x)
+
+    monkeypatch.setattr(C, "subsample_input", counting)
+    return calls
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("x_shape,k,attrs", [
+    ((1, 16, 13, 11), 32, {"strides": (2, 2)}),                  # 7 x 6 out: 2 x 6 tiles
+    ((2, 16, 9, 9), 72, {"strides": (2, 2)}),                    # 5 x 5, batch 2: 3 x 4
+    ((1, 16, 10, 11), 16, {"strides": (3, 3)}),                  # 4 x 4, stride 3
+    ((1, 16, 9, 5), 24, {"strides": (2, 1)}),                    # 5 x 5, strides differ
+    ((1, 32, 11, 9), 32, {"strides": (2, 2), "group": 2}),       # grouped
+    ((1, 16, 11, 9), 16, {"strides": (2, 2), "group": 16}),      # depthwise
+    ((1, 16, 9, 9), 16, {"strides": (2, 2), "pads": (0, 0, 1, 1)}),  # 5 x 5, right/bottom pad
+])
+def test_strided_pointwise_over_subsampled_input(subsampled, x_shape, k, attrs, threads):
+    """A strided 1x1 conv with narrow output rows runs as one flat row over a copy of the
+    pixels it reads (odd sizes that do not divide the tiles), with a fused residual Add of
+    another conv and ReLU."""
+    check(conv_graph(x_shape, k, 1, residual=True, relu=True, **attrs), threads=threads)
+    assert subsampled and all(s is not None for s in subsampled)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_strided_pointwise_subsampled_with_clip_and_row_epilogue(monkeypatch, subsampled,
+                                                                 threads):
+    """Clip + a residual input in registers, then the same over the stored rows."""
+    import cnncompiler.kernel.conv_nchwc as C
+
+    check(clip_graph((1, 16, 13, 13), 32, 1, residual=True, strides=(2, 2)), threads=threads)
+    monkeypatch.setattr(C, "register_epilogue", lambda *a: None)
+    check(clip_graph((1, 16, 13, 13), 32, 1, residual=True, strides=(2, 2)), threads=threads)
+    assert len(subsampled) == 2
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_strided_pointwise_subsampled_in_chunks(monkeypatch, subsampled, threads):
+    """The subsampled conv's reduction in chunks (partial sums stored and reloaded, the
+    epilogue on the last chunk), as ResNet-50's layer4 downsample runs."""
+    import cnncompiler.kernel.conv_nchwc as C
+
+    monkeypatch.setattr(C, "CHUNK_ABOVE", 1024)
+    monkeypatch.setattr(C, "CHUNK_BYTES", 2 * 8 * 8 * 4 * 2)   # 5 input blocks: chunks of 1
+    check(conv_graph((1, 40, 13, 13), 32, 1, residual=True, relu=True, strides=(2, 2)),
+          threads=threads)
+    assert subsampled
+
+
+@pytest.mark.parametrize("x_shape,k,attrs,other", [
+    ((1, 16, 9, 9), 16, {"strides": (2, 2), "pads": (0, 0, 2, 2)}, None),  # bias-only pixels
+    ((1, 16, 32, 32), 16, {"strides": (2, 2)}, None),     # 16-column rows: full tiles
+    ((1, 16, 13, 11), 32, {"strides": (2, 2)}, (1, 32, 7, 1)),   # operand broadcast on W
+])
+def test_strided_pointwise_keeps_rows(subsampled, x_shape, k, attrs, other):
+    """Where the copy does not pay or would be wrong, the strided 1x1 conv keeps Y's rows."""
+    b = GraphBuilder("pw")
+    x = b.input("x", x_shape)
+    y = b.op("Conv", x, b.param("w", rand(k, x_shape[1], 1, 1)), b.param("b", rand(k)),
+             name="conv", rounding="floor", **attrs)
+    if other is not None:
+        y = b.op("Add", y, b.param("r", rand(*other)), name="add")
+    check(b.build(b.op("Relu", y, name="relu")))
+    assert not subsampled
+
+
+def test_subsample_copy_limit(monkeypatch, subsampled):
+    """A copy bigger than SUBSAMPLE_BYTES (stack memory of each thread) is not made."""
+    import cnncompiler.kernel.conv_nchwc as C
+
+    monkeypatch.setattr(C, "SUBSAMPLE_BYTES", 16 * 7 * 6 * 4 - 4)
+    check(conv_graph((1, 16, 13, 11), 32, 1, relu=True, strides=(2, 2)))
+    assert not subsampled
+    monkeypatch.setattr(C, "SUBSAMPLE_BYTES", 16 * 7 * 6 * 4)
+    check(conv_graph((1, 16, 13, 11), 32, 1, relu=True, strides=(2, 2)))
+    assert subsampled

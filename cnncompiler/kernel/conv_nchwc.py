@@ -20,7 +20,9 @@ filters of an output block are contiguous per (input channel, tap):
 Bounds are resolved at compile time as in :func:`~cnncompiler.kernel.lower.conv_rows`: output
 columns are cut into segments over which the set of in-image kernel columns is constant
 (interior segments take them all, the padded borders fewer), and rows whose kernel rows all
-lie inside the image skip every check; border rows test each kernel row once. The fused
+lie inside the image skip every check; border rows test each kernel row once. 1x1 convs
+run as rows of the flattened pixels (:func:`pointwise_rows`; a strided one with narrow
+rows over a subsampled copy of its input, :func:`subsample_input`). The fused
 epilogue (bias is folded into the accumulators' start; ReLU, residual Add... run over the
 finished output row while it is in L1) reads the stored row in place.
 """
@@ -58,6 +60,9 @@ MIN_ROW = 48
 DEPTHWISE_TILE = 6
 #: bytes of a core's L2 cache a kernel may count on keeping (half of Zen 3's 512 KiB)
 L2_BUDGET = 256 * 1024
+#: most bytes of the subsampled input of a strided 1x1 conv (see :func:`pointwise_rows`),
+#: stack memory of each thread's call
+SUBSAMPLE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,10 @@ class BlockedConv:
     dh: int
     dw: int
     group: int
+    #: a strided 1x1 conv that :func:`pointwise_rows` turned into a stride-1 one over a
+    #: subsampled copy of X: (OH, OW, H, W, SH, SW) of the real conv (the fields above then
+    #: describe the flat rows of the copy)
+    subsample: tuple[int, int, int, int, int, int] | None = None
 
     @property
     def cg(self) -> int:       # input channels per group
@@ -195,18 +204,34 @@ def flat_rows(pixels: int, groups: int) -> int:
 
 
 def pointwise_rows(g: BlockedConv, kb, conv: Node) -> BlockedConv:
-    """A 1x1, stride-1, unpadded conv on blocked X and Y as output rows of any width that
-    divides OH*OW (the same bytes: [N, C/8, H, W, 8] is [N, C/8, R, H*W/R, 8]): a 7x7 output
-    is then one 49-column row, 8 full register tiles and a 1-column tail, instead of 7 rows
-    that each end in a 1-column tail (ResNet-50's layer4 1x1 convs ran at 61% of peak that
-    way). Few output channels (16 or 24 at 112x112 or 56x56 in MobileNetV2) would leave only
+    """A 1x1 unpadded conv on blocked X and Y as output rows of any width that divides
+    OH*OW (the same bytes: [N, K/8, OH, OW, 8] is [N, K/8, R, OH*OW/R, 8]): a 7x7 output is
+    then one 49-column row, 7 full register tiles and two narrower ones, instead of 7 rows
+    that each end in a narrow tail (ResNet-50's layer4 1x1 convs ran at 61% of peak that
+    way). At stride 1 X is read the same way ([N, C/8, H, W, 8] is [N, C/8, R, H*W/R, 8]).
+    A strided one (a downsample) whose rows hold no full register tile first copies the
+    pixels it reads into a contiguous scratch array (:func:`subsample_input`; the returned
+    geometry is the stride-1 conv over that copy, ``subsample`` the real one): ResNet-50's
+    layer4 downsample, 1024->2048 at 14x14 -> 7x7, ran at 55-64% of peak in 7-column rows
+    (tiles of 3 and 4 columns, each streaming the unit's 64 KiB of filters), at 58% with the
+    flat rows' pixels read from X in place (the 400 KiB of half-used cache lines every unit
+    reads do not stay in L2), and at 80% from the 200 KiB copy. Wider rows keep their row
+    schedule: the copy's cost then outweighs the tiles' gain (ResNet-18's 64->128 at 56x56
+    -> 28x28: 93% in rows, 86% flat).
+    Few output channels (16 or 24 at 112x112 or 56x56 in MobileNetV2) would leave only
     1..3 parallel units (channel groups x rows) for the threads to share, so the pixels are
     cut into as many rows as :func:`flat_rows` says. Only where the fused epilogue reads
     every other operand either whole or broadcast over both spatial dims, so the flat
     column index addresses it correctly."""
-    if not (g.blocked and g.x_blocked and (g.fh, g.fw, g.sh, g.sw) == (1, 1, 1, 1)
-            and g.pt == g.pl == 0 and (g.oh, g.ow) == (g.h, g.w) and g.oh > 1):
+    if not (g.blocked and g.x_blocked and (g.fh, g.fw) == (1, 1) and g.pt == g.pl == 0
+            and g.oh > 1 and g.subsample is None):
         return g
+    strided = (g.oh, g.ow, g.sh, g.sw) != (g.h, g.w, 1, 1)
+    copy_bytes = g.n * g.c * g.oh * g.ow * K.ITEM_BYTES[K.scalar_of(kb.out.dtype)]
+    if strided and (g.ow >= 2 * register_tile(g)[1]   # Y's rows have full tiles already
+                    or (g.oh - 1) * g.sh >= g.h or (g.ow - 1) * g.sw >= g.w
+                    or copy_bytes > SUBSAMPLE_BYTES):
+        return g    # ...or outputs in the padding (bias only), or a copy too big
     out_spatial = (g.oh, g.ow)
     for member in kb.members[1:]:
         for v in member.inputs:
@@ -217,7 +242,29 @@ def pointwise_rows(g: BlockedConv, kb, conv: Node) -> BlockedConv:
                 return g
     pixels = g.oh * g.ow
     rows = flat_rows(pixels, g.n * g.k // (g.lanes * register_tile(g)[0]))
-    return replace(g, h=rows, w=pixels // rows, oh=rows, ow=pixels // rows)
+    flat = replace(g, h=rows, w=pixels // rows, oh=rows, ow=pixels // rows)
+    if not strided:
+        return flat
+    return replace(flat, sh=1, sw=1, subsample=(g.oh, g.ow, g.h, g.w, g.sh, g.sw))
+
+
+def subsample_input(kb, g: BlockedConv, x: K.Buffer) -> tuple[K.Buffer, list[K.Stmt]]:
+    """The scratch array [N, C/8, OH, OW, 8] of the pixels a strided 1x1 conv reads from X
+    [N, C/8, H, W, 8] (see :func:`pointwise_rows`), and the statements filling it: each
+    thread's call copies all of it (every unit reads every input channel) before its share
+    of the parallel loop."""
+    oh_r, ow_r, h_r, w_r, sh_r, sw_r = g.subsample
+    L = g.lanes
+    planes = g.n * g.c // L
+    copy = K.Buffer(kb.fresh("xsub").name, x.dtype, planes * oh_r * ow_r * L)
+    plane, i, j = kb.fresh("plane"), kb.fresh("si"), kb.fresh("sj")
+    src, dst = kb.fresh("src"), kb.fresh("dst")
+    inner = [K.Store(copy, dst + j * L, K.Load(x, src + j * (sw_r * L), L))]
+    rows = [K.Declare(src, ((plane * h_r) + i * sh_r) * w_r * L),
+            K.Declare(dst, (plane * oh_r + i) * ow_r * L),
+            K.Loop(j, K.Const(0), K.Const(ow_r), inner, "rolled")]
+    return copy, [K.Local(copy), K.Loop(plane, K.Const(0), K.Const(planes), [
+        K.Loop(i, K.Const(0), K.Const(oh_r), rows, "rolled")], "rolled")]
 
 
 def conv_nchwc(kb, conv: Node) -> list[K.Stmt]:
@@ -232,6 +279,9 @@ def conv_nchwc(kb, conv: Node) -> list[K.Stmt]:
     vec = K.vector(dtype, L)
     wpack = kb.repack(w, "wpack", lambda weights: pack_weights(g, weights), dtype)
     xin = kb.buffers[x.name]
+    prologue: list[K.Stmt] = []
+    if g.subsample is not None:
+        xin, prologue = subsample_input(kb, g, xin)
     inb = g.in_block
     cbs, kbs = g.c // inb, g.k // L               # channel blocks of X and of Y
     rows, cols = register_tile(g)
@@ -383,7 +433,8 @@ def conv_nchwc(kb, conv: Node) -> list[K.Stmt]:
                               "rolled")]
     if in_registers is None:
         body += epilogue(kb, conv, n, k0, oh, rows, g, flat)
-    return [K.Loop(unit, K.Const(0), K.Const(g.n * groups_of_rows * g.oh), body, "parallel")]
+    return prologue + [K.Loop(unit, K.Const(0), K.Const(g.n * groups_of_rows * g.oh), body,
+                              "parallel")]
 
 
 def reduction_chunk(g: BlockedConv, rows: int, cols: int) -> int:
@@ -395,7 +446,9 @@ def reduction_chunk(g: BlockedConv, rows: int, cols: int) -> int:
     whole row with the partial sums stored in Y and reloaded (the fused epilogue runs on the
     last chunk). Only for blocked dense convs whose rows have several tiles, and not for
     strided 1x1 convs: ResNet-50's layer4 downsample (1024->2048, 14x14 -> 7x7) ran at 37%
-    of peak in chunks against 64% without (in the model; alone both were equal)."""
+    of peak in chunks against 64% without (in the model; alone both were equal). Once
+    :func:`pointwise_rows` has made it a stride-1 conv over its subsampled input (one
+    49-column row), it runs in chunks like the others: 78% of peak against 73% without."""
     if g.depthwise or not g.blocked or g.ow <= cols:   # one tile per row: no reuse
         return g.cg // g.in_block
     if g.fh == g.fw == 1 and (g.sh, g.sw) != (1, 1):
