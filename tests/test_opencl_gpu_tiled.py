@@ -44,6 +44,7 @@ def check_tiled(graph, feeds, tiled: int = 1, **options):
         assert kernel.global_size[0] % kernel.local_size[0] == 0
         assert "__local float" in kernel.source
         assert "barrier(CLK_LOCAL_MEM_FENCE);" in kernel.source
+        assert "long" not in kernel.source   # 32-bit index arithmetic on a GPU
 
 
 def conv_net(n, c, h, w, k, f, s=1, p=0, d=1, g=1, bias=True, tail="relu"):

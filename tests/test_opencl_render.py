@@ -52,6 +52,28 @@ def test_integer_floor_division_and_modulo_follow_python():
     np.testing.assert_array_equal(mod, x % y)
 
 
+def _index_arith_kernel(offset: int) -> K.Kernel:
+    """out[i] = (i - offset) // 3 * 10 + (i - offset) % 3, as floats: index arithmetic only."""
+    out, i = K.Buffer("out", "f32", 8), K.Var("i")
+    j = i - offset
+    value = K.Cast(j // 3 * 10 + j % 3, "f32")
+    return K.Kernel("index_arith", [out],
+                    [K.Loop(i, K.Const(0), K.Const(8), [K.Store(out, i, value)], "parallel")])
+
+
+@pytest.mark.parametrize("offset", [5, 2**40])
+def test_index_arithmetic_is_32_bit_unless_a_value_needs_64(offset):
+    """A kernel without int64 data computes its indices in int (GPUs emulate 64-bit
+    integer arithmetic); a constant beyond 32 bits keeps it in long. Both floor like Python."""
+    kernel = _index_arith_kernel(offset)
+    source = render_kernel(kernel).source
+    assert ("long" in source) == (offset > 2**31)
+    assert "long" in render_kernel(kernel, int_indices=False).source   # a CPU device's
+    got = run(kernel, out=np.empty(8, np.float32))
+    j = np.arange(8) - offset
+    np.testing.assert_array_equal(got, (j // 3 * 10 + j % 3).astype(np.float32))
+
+
 def test_float_floor_division_and_modulo_follow_python():
     x = np.array([7.5, -7.5, 7.5, -7.5, 1.0, -0.25], np.float32)
     y = np.array([2.0, 2.0, -2.0, -2.0, 0.5, 3.0], np.float32)

@@ -74,8 +74,8 @@ class CompiledProgram:
         self.plan = program.plan
         self.state_copies = program.state_copies   # state updated by a copy, not in place
         # a CPU device wants a few heavy work-items per core; a GPU one per row or element
-        rendered = [render_kernel(c.kernel, 1 if device.cpu else MAX_DIMS)
-                    for c in program.calls]
+        rendered = [render_kernel(c.kernel, 1 if device.cpu else MAX_DIMS,
+                                  int_indices=not device.cpu) for c in program.calls]
         if any(k.uses_fp64 for k in rendered) and not device.info.fp64:
             raise UnsupportedError(f"graph {graph.name!r} needs float64 kernels; OpenCL device "
                                    f"{device.info.name!r} has no cl_khr_fp64")

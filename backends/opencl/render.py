@@ -17,7 +17,10 @@ one per channel. A kernel without a top-level parallel loop runs as a single wor
 :class:`RenderedKernel` carries the global size the runtime launches.
 
 **Types.** f32 -> ``float``, f64 -> ``double`` (the program then enables ``cl_khr_fp64``;
-the runtime refuses devices without it), i64 -> ``long``, i1 -> ``uchar`` in memory and
+the runtime refuses devices without it), i64 -> ``long``, or (for GPUs) 32-bit ``int`` in
+a kernel whose i64 values are all indices (no int64 data, every buffer under 2^29 elements, every
+constant under 2^31; GPUs run 64-bit integer arithmetic as several 32-bit instructions),
+i1 -> ``uchar`` in memory and
 ``int`` (0/1) in registers; ``f32x8`` -> ``float8`` (vload8/vstore8: element alignment is
 enough), ``i1x8`` -> ``int8`` (lanes are -1/0, what OpenCL's vector comparisons give and
 ``select`` reads).
@@ -70,7 +73,22 @@ long cnnc_floormod(long a, long b) {
     long r = a % b;
     return (r != 0 && ((r ^ b) < 0)) ? r + b : r;
 }
+int cnnc_floordiv_i(int a, int b) {
+    int q = a / b, r = a % b;
+    return (r != 0 && ((r ^ b) < 0)) ? q - 1 : q;
+}
+int cnnc_floormod_i(int a, int b) {
+    int r = a % b;
+    return (r != 0 && ((r ^ b) < 0)) ? r + b : r;
+}
 """
+
+#: the largest index constant a kernel may hold and still compute its indices in 32 bits
+NARROW_LIMIT = 2**31 - 1
+
+
+class _Widen(Exception):
+    """A constant too large for 32-bit indices: render the kernel again with 64-bit ones."""
 
 
 @dataclass
@@ -94,10 +112,11 @@ class RenderedKernel:
         return math.prod(self.global_size)
 
 
-def c_type(dtype: str) -> str:
-    """The OpenCL C type of a register value of ``dtype`` (``f32x8`` -> ``float8``)."""
+def c_type(dtype: str, narrow: bool = False) -> str:
+    """The OpenCL C type of a register value of ``dtype`` (``f32x8`` -> ``float8``);
+    ``narrow``: i64 values are 32-bit ``int`` (see the module docstring)."""
     lanes = K.lanes_of(dtype)
-    base = _C_TYPES.get(K.scalar_of(dtype))
+    base = "int" if narrow and K.scalar_of(dtype) == "i64" else _C_TYPES.get(K.scalar_of(dtype))
     if base is None:
         raise CnnCompilerError(f"unknown scalar type {dtype!r}")
     if lanes == 1:
@@ -124,12 +143,16 @@ def _float_literal(value: float, dtype: str) -> str:
     return f"({text}{suffix})" if text.startswith("-") else text + suffix
 
 
-def literal(c: K.Const) -> str:
+def literal(c: K.Const, narrow: bool = False) -> str:
     if c.dtype in ("f32", "f64"):
         return _float_literal(float(c.value), c.dtype)
     if c.dtype == "i1":
         return "1" if c.value else "0"
     value = int(c.value)
+    if narrow:
+        if abs(value) > NARROW_LIMIT:
+            raise _Widen
+        return str(value) if value >= 0 else f"(-{-value})"
     if value == -2**63:   # not writable as a literal: -(2^63) overflows before negation
         return "(-9223372036854775807L - 1L)"
     return f"{value}L" if value >= 0 else f"(-{-value}L)"
@@ -145,9 +168,12 @@ class _Writer:
 
 
 class _KernelRenderer:
-    def __init__(self, kernel: K.Kernel, max_dims: int) -> None:
+    def __init__(self, kernel: K.Kernel, max_dims: int, narrow: bool = False) -> None:
         self.kernel = kernel
         self.max_dims = max_dims
+        self.narrow = narrow   # i64 values as 32-bit int (see the module docstring)
+        self.index_type = "int" if narrow else "long"
+        self.suffix = "" if narrow else "L"
         self.out = _Writer()
         self.temps = 0
         self.memo: dict[int, str] = {}
@@ -162,6 +188,9 @@ class _KernelRenderer:
         self.uses_fp64 = False
         self.flat_id = "0"
         self.in_group = False   # inside a workitems loop (Barriers allowed)
+
+    def ctype(self, dtype: str) -> str:
+        return c_type(dtype, self.narrow)
 
     def error(self, message: str) -> CnnCompilerError:
         return CnnCompilerError(f"kernel '{self.kernel.name}': {message}")
@@ -196,8 +225,9 @@ class _KernelRenderer:
             # with work-groups, a grid index is the work-group's (the same for all of its
             # work-items, so the range check's return is taken by the whole group or none)
             position = "get_group_id" if items is not None else "get_global_id"
-            self.out.line(f"const long {var} = {start}L + (long){position}({d});")
-            self.out.line(f"if ({var} >= {stop}L) return;")
+            t, x = self.index_type, self.suffix
+            self.out.line(f"const {t} {var} = {start}{x} + ({t}){position}({d});")
+            self.out.line(f"if ({var} >= {stop}{x}) return;")
             self.scope[var] = "i64"
             if start >= 0:
                 self.counters.add(var)
@@ -232,7 +262,8 @@ class _KernelRenderer:
                 and isinstance(loop.stop, K.Const) and int(loop.stop.value) > 0):
             raise self.error(f"workitems loop '{loop.var.name}' must run from 0 to a "
                              f"positive constant")
-        self.out.line(f"const long {loop.var.name} = (long)get_local_id(0);")
+        t = self.index_type
+        self.out.line(f"const {t} {loop.var.name} = ({t})get_local_id(0);")
         self.scope[loop.var.name] = "i64"
         self.counters.add(loop.var.name)
         return int(loop.stop.value)
@@ -268,7 +299,7 @@ class _KernelRenderer:
             if self.declared[-1].get(s.var.name) == s.var.dtype:   # declared again in the
                 self.out.line(f"{s.var.name} = {value};")        # same C block: a reset
             else:
-                self.out.line(f"{c_type(s.var.dtype)} {s.var.name} = {value};")
+                self.out.line(f"{self.ctype(s.var.dtype)} {s.var.name} = {value};")
             self.declared[-1][s.var.name] = s.var.dtype
             self.scope[s.var.name] = s.var.dtype
         elif isinstance(s, K.Assign):
@@ -343,7 +374,7 @@ class _KernelRenderer:
         start, stop = self.expr(s.start), self.expr(s.stop)
         var = s.var.name
         if not isinstance(s.stop, K.Const):   # evaluated once, like the LLVM renderer does
-            self.out.line(f"const long {var}_end = {stop};")
+            self.out.line(f"const {self.index_type} {var}_end = {stop};")
             stop = f"{var}_end"
         if s.kind == "rolled":   # ("unroll" gets no hint: where clang cannot honour one it
             #                         warns, and programs are built with -Werror)
@@ -356,7 +387,7 @@ class _KernelRenderer:
         else:
             self.counters.discard(var)
         self.nonneg_memo = {}
-        self.nested(f"for (long {var} = {start}; {var} < {stop}; ++{var}) {{", s.body)
+        self.nested(f"for ({self.index_type} {var} = {start}; {var} < {stop}; ++{var}) {{", s.body)
         self.scope, self.counters, self.nonneg_memo = saved, counters, {}
 
     def local(self, buf: K.Buffer) -> None:
@@ -381,7 +412,7 @@ class _KernelRenderer:
     def temp(self, dtype: str, text: str) -> str:
         self.temps += 1
         name = f"cnnc_t{self.temps}"
-        self.out.line(f"const {c_type(dtype)} {name} = {text};")
+        self.out.line(f"const {self.ctype(dtype)} {name} = {text};")
         return name
 
     def index(self, buffer: K.Buffer, index: K.Expr) -> str:
@@ -408,7 +439,7 @@ class _KernelRenderer:
     def _expr(self, e: K.Expr) -> str:
         if isinstance(e, K.Const):
             self.uses_fp64 |= e.dtype == "f64"
-            return literal(e)
+            return literal(e, self.narrow)
         if isinstance(e, K.Var):
             dtype = self.scope.get(e.name)
             if dtype is None:
@@ -428,7 +459,7 @@ class _KernelRenderer:
                 return self.temp("i1", f"({name}[{index}] != 0)")
             return self.temp(e.dtype, f"{name}[{index}]")
         if isinstance(e, K.Broadcast):
-            return self.temp(e.dtype, f"({c_type(e.dtype)})({self.expr(e.value)})")
+            return self.temp(e.dtype, f"({self.ctype(e.dtype)})({self.expr(e.value)})")
         if isinstance(e, K.Extract):
             if not 0 <= e.lane < K.lanes_of(e.value.dtype):
                 raise self.error(f"lane {e.lane} of a {e.value.dtype} value")
@@ -477,7 +508,7 @@ class _KernelRenderer:
             if self.nonneg(e.a) and self.nonneg(e.b):   # C's truncation is the floor then
                 return f"{x} {'%' if op == '%' else '/'} {y}"
             fn = "cnnc_floormod" if op == "%" else "cnnc_floordiv"
-            return f"{fn}({x}, {y})"
+            return f"{fn}{'_i' if self.narrow else ''}({x}, {y})"
         raise self.error(f"unsupported integer operator {op!r}")
 
     def call(self, e: K.Call) -> str:
@@ -521,7 +552,7 @@ class _KernelRenderer:
         # an arm may fault (out-of-bounds load, division by zero): evaluate only the taken one
         self.temps += 1
         name = f"cnnc_t{self.temps}"
-        self.out.line(f"{c_type(e.a.dtype)} {name};")
+        self.out.line(f"{self.ctype(e.a.dtype)} {name};")
         memo = self.memo
         for opener, arm in ((f"if ({cond}) {{", e.a), ("else {", e.b)):
             self.out.line(opener)
@@ -561,7 +592,7 @@ class _KernelRenderer:
             return value
         if dst == "i1":
             return f"({value} != 0)"
-        return f"({c_type(dst)})({value})"
+        return f"({self.ctype(dst)})({value})"
 
 
 def _walk(stmts: Sequence[K.Stmt]):
@@ -596,6 +627,16 @@ def _work_group(body: list[K.Stmt]) -> tuple[list[K.Shared], K.Loop | None]:
     return [], None
 
 
+def _narrow_indices(kernel: K.Kernel) -> bool:
+    """Whether ``kernel``'s i64 values can be 32-bit ints: it holds no int64 data (no i64
+    buffer, local or shared), and every buffer is small enough that offsets into it fit
+    (constants are checked while rendering). Its i64 values are then loop counters and
+    index arithmetic over buffers of fewer than 2^31 elements."""
+    buffers = list(kernel.buffers) + [s.buffer for s in _walk(kernel.body)
+                                      if isinstance(s, (K.Local, K.Shared))]
+    return all(b.dtype != "i64" and b.size <= NARROW_LIMIT // 4 for b in buffers)
+
+
 def _c_name(name: str, used: set[str]) -> str:
     base = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in name) or "buf"
     if base[0].isdigit():
@@ -608,20 +649,29 @@ def _c_name(name: str, used: set[str]) -> str:
     return candidate
 
 
-def render_kernel(kernel: K.Kernel, max_dims: int = MAX_DIMS) -> RenderedKernel:
+def render_kernel(kernel: K.Kernel, max_dims: int = MAX_DIMS,
+                  int_indices: bool = True) -> RenderedKernel:
     """One kernel as OpenCL C (see the module docstring for the mapping); at most
     ``max_dims`` nested parallel loops become NDRange dimensions (a CPU device wants one:
-    a few heavy work-items per core, not one per element)."""
+    a few heavy work-items per core, not one per element). ``int_indices``: compute
+    indices in 32 bits where the kernel allows (for GPUs; a CPU's 64-bit arithmetic is
+    native, and 32-bit offsets then cost sign extensions: ResNet-18 ran ~10% slower so on
+    PoCL)."""
     from cnncompiler.backends.llvm.render import deep_recursion
 
-    renderer = _KernelRenderer(kernel, max_dims)
-    with deep_recursion():
-        try:
-            rendered = renderer.render()
-        except CnnCompilerError:
-            raise
-        except (TypeError, ValueError, KeyError, AttributeError) as exc:
-            raise renderer.error(f"cannot be rendered as OpenCL C: {exc}") from exc
+    narrow = int_indices and _narrow_indices(kernel)
+    while True:
+        renderer = _KernelRenderer(kernel, max_dims, narrow)
+        with deep_recursion():
+            try:
+                rendered = renderer.render()
+                break
+            except _Widen:   # an index constant needs 64 bits after all
+                narrow = False
+            except CnnCompilerError:
+                raise
+            except (TypeError, ValueError, KeyError, AttributeError) as exc:
+                raise renderer.error(f"cannot be rendered as OpenCL C: {exc}") from exc
     if rendered.scratch_bytes:
         rendered.source = f"#define SCRATCH_STRIDE {rendered.scratch_bytes}L\n" + \
             rendered.source + "#undef SCRATCH_STRIDE\n"
