@@ -7,6 +7,14 @@ optimisation level, and the cnncompiler, llvmlite and LLVM versions. Keying by t
 rather than by the rendered LLVM text lets a hit skip rendering, the slow part of a compile.
 An entry stores a magic line, the sha256 of its payload and the payload; a short,
 corrupted or foreign entry is deleted and rebuilt, never loaded.
+
+Program entries (``.prog``) sit in front: keyed by the optimised graph's structure (not its
+weights' values: :func:`~cnncompiler.kernel.program.graph_signature`), the lowering's
+sources and settings, and the same target parts, each holds the keys of the model's object
+entries and the program's layout (schedule, memory plan, bindings, how each weight table is
+made). A hit skips lowering the graph to kernel IR and fingerprinting it: the bulk of a
+cached compile (ResNet-50: 0.5 of 0.9 s). Their counters are ``program_hits``,
+``program_misses`` and ``program_rejected``.
 """
 
 from __future__ import annotations
@@ -15,9 +23,12 @@ import functools
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 MAGIC = b"cnncompiler-object-v1\n"
+OBJECT, PROGRAM = ".obj", ".prog"
 
 
 def default_dir() -> Path:
@@ -52,36 +63,56 @@ def cache_key(module_text: str, *parts: str) -> str:
 
 
 class CompileCache:
+    """Object entries (``kind=OBJECT``, counted by ``hits``, ``misses``, ``rejected``) and
+    program entries (``kind=PROGRAM``, by ``program_hits``...) in one directory."""
+
     def __init__(self, directory: str | os.PathLike | None = None):
         self.directory = Path(directory) if directory is not None else default_dir()
         self.hits = self.misses = self.rejected = 0
+        self.program_hits = self.program_misses = self.program_rejected = 0
 
-    def _path(self, key: str) -> Path:
-        return self.directory / f"{key}.obj"
+    def _path(self, key: str, kind: str = OBJECT) -> Path:
+        return self.directory / f"{key}{kind}"
 
-    def get(self, key: str) -> bytes | None:
-        path = self._path(key)
+    def _count(self, kind: str, what: str) -> None:
+        name = what if kind == OBJECT else f"program_{what}"
+        setattr(self, name, getattr(self, name) + 1)
+
+    def get(self, key: str, kind: str = OBJECT, load: Callable[[bytes], Any] | None = None
+            ) -> Any:
+        """The payload of entry ``key`` (``load(payload)`` with ``load``), or None: a miss,
+        or an entry that is corrupted (or that ``load`` raises on), deleted."""
+        path = self._path(key, kind)
         try:
             data = path.read_bytes()
         except OSError:
-            self.misses += 1
+            self._count(kind, "misses")
             return None
         head = len(MAGIC) + 64
         digest, payload = data[len(MAGIC):head], data[head:]
         if not data.startswith(MAGIC) or hashlib.sha256(payload).hexdigest().encode() != digest:
-            self.rejected += 1
-            path.unlink(missing_ok=True)
+            self._reject(path, kind)
             return None
-        self.hits += 1
+        if load is not None:
+            try:
+                payload = load(payload)
+            except Exception:   # noqa: BLE001 - whatever it is, the entry is unusable
+                self._reject(path, kind)
+                return None
+        self._count(kind, "hits")
         return payload
 
-    def put(self, key: str, payload: bytes) -> None:
+    def _reject(self, path: Path, kind: str) -> None:
+        self._count(kind, "rejected")
+        path.unlink(missing_ok=True)
+
+    def put(self, key: str, payload: bytes, kind: str = OBJECT) -> None:
         """Write atomically (temp file + rename), so a crash never leaves half an entry."""
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
             with os.fdopen(fd, "wb") as f:
                 f.write(MAGIC + hashlib.sha256(payload).hexdigest().encode() + payload)
-            os.replace(tmp, self._path(key))
+            os.replace(tmp, self._path(key, kind))
         except OSError:
             pass  # an unwritable cache only costs the next compile

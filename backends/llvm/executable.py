@@ -5,11 +5,18 @@ offsets inside one arena. Shapes are specialised per batch size (compiled on fir
 State (``compile(..., state=...)``) lives in the arena at its inputs' offsets from call to
 call: a call copies in only the other inputs and out only the other outputs, and the native
 call updates the state in place (or copies the next value over it at its end; see
-:mod:`cnncompiler.kernel.program`)."""
+:mod:`cnncompiler.kernel.program`).
+
+A cached compile takes the program (schedule, memory plan, bindings, how each weight table
+is made) from a program entry of the compile cache keyed by the graph's structure, and the
+object code from the object entries it names (see :mod:`.cache`): no lowering. A call only
+copies the inputs into their arena views made at compile time, makes the native call and
+copies the outputs out (its inputs were checked by the runtime)."""
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import threading
 import time
@@ -23,7 +30,17 @@ from cnncompiler.errors import UnsupportedError
 from cnncompiler.ir.graph import Graph
 from cnncompiler.ir.specialize import bind_symbols
 from cnncompiler.kernel import ir as K
-from cnncompiler.kernel.program import ident, lower_graph
+from cnncompiler.kernel.program import (
+    NotCacheable,
+    dump_layout,
+    graph_signature,
+    ident,
+    load_layout,
+    lower_graph,
+    lowering_signature,
+    program_layout,
+    restore_program,
+)
 from cnncompiler.runtime.backend import PerShapeExecutable
 from cnncompiler.runtime.profile import Profile, kernel_row
 
@@ -60,30 +77,42 @@ class CompiledGraph:
         self.outputs = [v for v in graph.outputs if v.name not in updates]
         self._state_types = {v.name: v.type for v in graph.inputs if v.name in self.state}
         self.threads = threads if _work_flops(graph) >= MIN_FLOPS_PER_THREAD * threads else 1
-        threads = self.threads
-        # weights, then compile-time tables, are passed as args[1:] (binding slot k is
-        # args[k]; slot 0 is the arena); a weight only a repacked table reads (conv filters
-        # in a blocked layout) is not passed at all
-        program = lower_graph(graph, ALIGN, state=self.state)
+        threaded = self.threads > 1
+        self.engine = engine_factory()
+        # a program entry of the cache (keyed by the graph's structure, not its weights)
+        # gives the program and the object code without lowering the graph; kernels that
+        # are needed (keep_kernels: AOT export renders them) always come from a lowering
+        key = _program_key(self.engine, graph, self.state, threaded) \
+            if cache is not None and not keep_kernels else None
+        found = _cached_program(cache, key, graph) if key is not None else None
+        kernels: list[K.Kernel] | None = None
+        if found is not None:
+            program, objects = found
+        else:
+            # weights, then compile-time tables, are passed as args[1:] (binding slot k is
+            # args[k]; slot 0 is the arena); a weight only a repacked table reads (conv
+            # filters in a blocked layout) is not passed at all
+            program = lower_graph(graph, ALIGN, state=self.state)
+            kernels = [call.kernel for call in program.calls]
         self.program_graph = program.graph   # the schedule (state writes may reorder it)
         self.state_copies = program.state_copies   # state updated by a copy, not in place
         self.plan, self.weights = program.plan, program.weights
-        kernels = [call.kernel for call in program.calls]
-        calls = [(call.kernel.name, [(b.slot, b.offset) for b in call.bindings])
-                 for call in program.calls]
+        named = program.named_calls
+        calls = [(name, [(b.slot, b.offset) for b in bindings])
+                 for name, _, _, bindings in named]
         # (kernel name, its args, node, which output of the node it computes)
-        self.kernel_nodes = [(name, args, call.node, call.output)
-                             for (name, args), call in zip(calls, program.calls)]
+        self.kernel_nodes = [(name, args, node, k)
+                             for (name, args), (_, node, k, _) in zip(calls, named)]
         self.calls = calls   # kept for AOT export
-        threaded = threads > 1
-
-        self.engine = engine_factory()
-        objects = model_objects(self.engine, kernels, calls, 1 + len(self.weights), threaded,
-                                ident(graph.name), cache)
-        self.engine.load_objects(objects, [k.name for k in kernels] + ["run_model"])
+        if found is None:
+            objects, keys = model_objects(self.engine, kernels, calls, 1 + len(self.weights),
+                                          threaded, ident(graph.name), cache)
+            if key is not None:
+                _store_program(cache, key, program, graph, keys)
+        self.engine.load_objects(objects, [name for name, _ in calls] + ["run_model"])
         self.kernels: list[K.Kernel] | None = kernels if keep_kernels else None
         if threaded:
-            self._team = ThreadTeam(self.engine.address("run_model"), threads)
+            self._team = ThreadTeam(self.engine.address("run_model"), self.threads)
         else:
             self._entry = self.engine.entry("run_model")
         self.arena = np.zeros(self.plan.arena_bytes + ALIGN, np.uint8)
@@ -91,10 +120,19 @@ class CompiledGraph:
         self._base = base + (-base) % ALIGN
         pointers = [self._base] + [w.ctypes.data for w in self.weights]
         self._args = (ctypes.c_void_p * len(pointers))(*pointers)
+        # per call only copies: the inputs' and outputs' places in the arena, and the native
+        # call with its arguments, are made once (a LeNet-5 call spent 20 us making views)
+        self._input_views = [self._view(v.name, v.type.shape, v.type.dtype.numpy)
+                             for v in self.inputs]
+        self._output_views = [self._view(v.name, v.type.shape, v.type.dtype.numpy)
+                              for v in self.outputs]
+        self._native = functools.partial(self._team.run if threaded else self._entry.cfunc,
+                                         self._args)
 
     def _feed(self, inputs: Sequence[np.ndarray]) -> None:
-        for v, x in zip(self.inputs, inputs):
-            self._view(v.name, x.shape, x.dtype)[...] = x
+        """Copy the inputs (checked: this graph's shapes and dtypes) into the arena."""
+        for view, x in zip(self._input_views, inputs):
+            view[...] = x
 
     def read_state(self, name: str) -> np.ndarray:
         t = self._state_types[name]
@@ -135,13 +173,54 @@ class CompiledGraph:
         return self.arena[offset: offset + count * dtype.itemsize].view(dtype).reshape(shape)
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        self._feed(inputs)
-        if self.threads > 1:
-            self._team.run(self._args)
-        else:
-            self._entry(self._args)
-        return [self._view(v.name, v.type.shape, v.type.dtype.numpy).copy()
-                for v in self.outputs]
+        for view, x in zip(self._input_views, inputs):
+            view[...] = x
+        self._native()
+        return [view.copy() for view in self._output_views]
+
+
+def _program_key(engine, graph: Graph, state: Mapping[str, str], threaded: bool) -> str | None:
+    """The compile-cache key of ``graph``'s program entry (see :mod:`.cache`): its structure
+    and state, the lowering's sources and settings, the ``CNNC_`` environment (e.g.
+    ``CNNC_WINOGRAD``), threading and the target (:meth:`JitEngine.object_key`). None if the
+    graph has something a key cannot tell apart."""
+    try:
+        structure, lowering = graph_signature(graph, state), lowering_signature()
+    except NotCacheable:
+        return None
+    environment = sorted((k, v) for k, v in os.environ.items()
+                         if k.startswith("CNNC_") and k != "CNNC_CACHE_DIR")
+    return engine.object_key("\n".join(["program", structure, lowering, repr(environment),
+                                         str(ALIGN), str(threaded)]))
+
+
+def _cached_program(cache, key: str, graph: Graph):
+    """(program, objects) from the program entry ``key`` and the object entries it names,
+    or None (a miss; an entry that does not load is deleted)."""
+    from cnncompiler.backends.llvm.cache import PROGRAM
+
+    def load(payload: bytes):
+        head, _, body = payload.partition(b"\n")
+        return head.decode().split(), restore_program(load_layout(body), graph)
+
+    found = cache.get(key, PROGRAM, load)
+    if found is None:
+        return None
+    keys, program = found
+    objects = [cache.get(k) for k in keys]   # each checked; a bad one is deleted
+    if any(obj is None for obj in objects):
+        return None
+    return program, objects
+
+
+def _store_program(cache, key: str, program, graph: Graph, object_keys: list[str]) -> None:
+    from cnncompiler.backends.llvm.cache import PROGRAM
+
+    try:
+        layout = dump_layout(program_layout(program, graph))
+    except NotCacheable:
+        return
+    cache.put(key, " ".join(object_keys).encode() + b"\n" + layout, PROGRAM)
 
 
 #: stack of each helper thread of a ThreadTeam

@@ -68,8 +68,9 @@ def split(texts: Sequence[str], parts: int) -> list[list[int]]:
 
 
 def model_objects(engine, kernels: Sequence[K.Kernel], calls, num_args: int, threaded: bool,
-                  name: str, cache) -> list[bytes]:
-    """Objects defining every kernel and ``run_model`` (see the module docstring)."""
+                  name: str, cache) -> tuple[list[bytes], list[str]]:
+    """Objects defining every kernel and ``run_model`` (see the module docstring), and their
+    compile-cache keys."""
     from cnncompiler.backends.llvm.render import deep_recursion
 
     with deep_recursion():
@@ -106,7 +107,7 @@ def model_objects(engine, kernels: Sequence[K.Kernel], calls, num_args: int, thr
         if cache is not None:
             cache.put(entry_key, entry)
     pool.shutdown()
-    return [*objects, entry]
+    return [*objects, entry], [*keys, entry_key]
 
 
 def _build_here(engine, kernels: Sequence[K.Kernel], module_name: str, threaded: bool

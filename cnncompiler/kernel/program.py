@@ -14,20 +14,39 @@ other reader of the input first (:func:`~cnncompiler.passes.memory.order_state_w
 That kernel's input buffer is merged into its output buffer, so it is one pointer both read
 and written (kernels declare their buffers non-aliasing). Any other next value gets its own
 buffer and a copy kernel into the input's bytes at the end of the call.
+
+Layouts (:class:`ProgramLayout`): everything of a program but its kernels' code — the
+schedule, memory plan, bindings and how each weight slot is made from the graph's data
+(a stored array, a schedule's repacked table: ``transform(array)``, or a table of shapes
+and attributes). A compile cache keyed by :func:`graph_signature` (the structure the
+lowering reads: not the weights' values) and :func:`lowering_signature` stores it, and a
+later compile of a graph of that structure, whatever its weights, rebuilds its program with
+:func:`restore_program` without lowering anything (ResNet-50: 0.5 s less per compile).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+import functools
+import hashlib
+import importlib
+import io
+import marshal
+import pickle
+import sys
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from enum import Enum
+from pathlib import Path
 
 import numpy as np
 
 from cnncompiler.errors import UnsupportedError
 from cnncompiler.ir.graph import Graph, Node, Value
+from cnncompiler.ir.types import DType, TensorType
 from cnncompiler.kernel import ir as K
 from cnncompiler.kernel.gpu_tiled import WorkGroupLimits
-from cnncompiler.kernel.lower import lower_node
+from cnncompiler.kernel.lower import TARGETS, KernelBuilder, lower_node
 from cnncompiler.passes.memory import MemoryPlan, buffer_views, order_state_writes, plan_memory
 
 
@@ -52,6 +71,32 @@ class KernelCall:
     bindings: list[Binding]        # one per kernel buffer, in order
 
 
+@dataclass(frozen=True)
+class WeightSource:
+    """How one weight slot's array is made from a graph's data: the array of stored value
+    ``stored``; or, with ``transform``, a schedule's table repacked from it
+    (``transform(array)`` as ``dtype``, of ``shape``); or, with ``stored`` None, ``array``
+    itself (a table computed from shapes and attributes, never from weight values)."""
+
+    stored: str | None = None
+    transform: Callable[[np.ndarray], np.ndarray] | None = None
+    dtype: str | None = None
+    shape: tuple[int, ...] = ()
+    array: np.ndarray | None = None
+
+    def make(self, data: Mapping[str, np.ndarray]) -> np.ndarray:
+        if self.stored is None:
+            return self.array
+        array = data[self.stored]
+        if self.transform is None:
+            return np.ascontiguousarray(array)
+        table = np.ascontiguousarray(self.transform(np.asarray(array)), dtype=self.dtype)
+        if table.shape != self.shape:
+            raise ValueError(f"the table repacked from {self.stored!r} has shape "
+                             f"{table.shape}, not {self.shape}")
+        return table
+
+
 @dataclass
 class GraphProgram:
     graph: Graph                   # in schedule order (state writes may reorder the nodes)
@@ -59,6 +104,12 @@ class GraphProgram:
     calls: list[KernelCall] = field(default_factory=list)
     weights: list[np.ndarray] = field(default_factory=list)
     state_copies: list[str] = field(default_factory=list)  # state inputs updated by a copy
+    sources: list[WeightSource] = field(default_factory=list)  # how each weight was made
+
+    @property
+    def named_calls(self) -> list[tuple[str, Node, int, list[Binding]]]:
+        """(kernel name, node, which output, bindings) of every call, in order."""
+        return [(c.kernel.name, c.node, c.output, c.bindings) for c in self.calls]
 
 
 def ident(name: str) -> str:
@@ -99,6 +150,7 @@ def lower_graph(graph: Graph, alignment: int, target: str = "cpu",
     def weight(name: str) -> Binding:
         if name not in weight_slot:
             program.weights.append(np.ascontiguousarray(graph.data[name]))
+            program.sources.append(WeightSource(name))
             weight_slot[name] = len(program.weights)
         return Binding(weight_slot[name])
 
@@ -111,7 +163,7 @@ def lower_graph(graph: Graph, alignment: int, target: str = "cpu",
         several = len(node.outputs) > 1   # one kernel per output (Split)...
         for k, out in enumerate(node.outputs):
             name = f"k{i}_{ident(node.name)}" + (f"_out{k}" if several else "")
-            kernel = lower_node(node, name, graph.data, output=k, target=target, limits=limits)
+            kernel, repacks = _lower(node, name, graph.data, k, target, limits)
             written = [out.name, *kernel.extra_outputs]
             for value in written:
                 if value in writes:
@@ -119,8 +171,9 @@ def lower_graph(graph: Graph, alignment: int, target: str = "cpu",
             bindings = [weight(v) if values[v].is_stored else Binding(0, plan.offsets[v])
                         for v in kernel.inputs]
             bindings += [Binding(0, plan.offsets[v]) for v in written]
-            for array in kernel.tables.values():   # compile-time tables travel like weights
+            for table, array in kernel.tables.items():   # compile-time tables travel like weights
                 program.weights.append(array)
+                program.sources.append(_table_source(array, repacks.get(table)))
                 bindings.append(Binding(len(program.weights)))
             program.calls.append(KernelCall(kernel, node, k, bindings))
             if kernel.extra_outputs:   # ...unless one kernel wrote them all
@@ -129,8 +182,8 @@ def lower_graph(graph: Graph, alignment: int, target: str = "cpu",
     for w, new in state.items():   # the next values not written in place: copy them over
         if w in in_place or new == w:
             continue
-        source, target_value = outputs[new], values[w]
-        node = Node("Identity", [source], [Value(w, target_value.type)], name=f"state.{w}")
+        source = outputs[new]
+        node = _state_copy_node(graph, w, new)
         kernel = lower_node(node, f"state_copy_{ident(w)}", graph.data, target=target,
                             limits=limits)
         src = weight(new) if source.is_stored else Binding(0, plan.offsets[new])
@@ -138,6 +191,44 @@ def lower_graph(graph: Graph, alignment: int, target: str = "cpu",
         program.calls.append(KernelCall(kernel, node, 0, [src, Binding(0, plan.offsets[w])]))
         program.state_copies.append(w)
     return program
+
+
+def _state_copy_node(graph: Graph, w: str, new: str) -> Node:
+    """The Identity node of the kernel copying state ``w``'s next value ``new`` over it."""
+    source = next(v for v in graph.outputs if v.name == new)
+    return Node("Identity", [source], [Value(w, graph.values[w].type)], name=f"state.{w}")
+
+
+class _RecordingBuilder(KernelBuilder):
+    """A KernelBuilder that also records how it repacked each weight into a table: table
+    buffer name -> (stored graph value, transform)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.repacks: dict[str, tuple[str, Callable]] = {}
+
+    def repack(self, v: Value, name: str, transform: Callable[[np.ndarray], np.ndarray],
+               dtype: str) -> K.Buffer:
+        buf = super().repack(v, name, transform, dtype)
+        self.repacks[buf.name] = (self.outer[v.name].name, transform)
+        return buf
+
+
+def _lower(node: Node, name: str, data: Mapping[str, np.ndarray], output: int, target: str,
+           limits: WorkGroupLimits | None) -> tuple[K.Kernel, dict[str, tuple[str, Callable]]]:
+    """:func:`~cnncompiler.kernel.lower.lower_node`, and how each of the kernel's tables
+    that a schedule repacked from a weight was made (see :class:`WeightSource`)."""
+    if target not in TARGETS or not 0 <= output < len(node.outputs):
+        return lower_node(node, name, data, output, target, limits), {}   # its error
+    builder = _RecordingBuilder(node, name, data, output, target, limits)
+    return builder.build(), builder.repacks
+
+
+def _table_source(array: np.ndarray, repack: tuple[str, Callable] | None) -> WeightSource:
+    if repack is None:
+        return WeightSource(array=array)
+    stored, transform = repack
+    return WeightSource(stored, transform, array.dtype.str, array.shape)
 
 
 def _check_state(graph: Graph, state: Mapping[str, str]) -> None:
@@ -367,3 +458,235 @@ def _loads(stmts: list[K.Stmt], nested: bool, skip: set[int] = frozenset()
     for s in stmts:
         stmt(s)
     return found
+
+
+# ---------------------------------------------------------------- layouts (compile caches)
+class NotCacheable(Exception):
+    """Something a compile cache cannot key or store faithfully (then it does not)."""
+
+
+@dataclass(frozen=True)
+class CallLayout:
+    """One kernel call of a :class:`ProgramLayout`."""
+
+    name: str                      # the kernel's name
+    node: int                      # position of its node in the graph's nodes; -1: a state copy
+    output: int                    # which output of the node it computes
+    bindings: tuple[Binding, ...]
+    state: tuple[str, str] | None = None   # a state copy's (state input, next value)
+
+
+@dataclass
+class ProgramLayout:
+    """A :class:`GraphProgram` less its kernels' code (see the module docstring)."""
+
+    order: list[int]               # the schedule: positions of the graph's nodes
+    plan: MemoryPlan
+    calls: list[CallLayout]
+    sources: list[WeightSource]    # one per weight slot
+    state_copies: list[str]
+
+
+@dataclass
+class RestoredProgram:
+    """A program rebuilt from its layout for a graph (:func:`restore_program`): what a
+    backend runs, without the kernels (their code comes from the cache too)."""
+
+    graph: Graph
+    plan: MemoryPlan
+    named_calls: list[tuple[str, Node, int, list[Binding]]]
+    weights: list[np.ndarray]
+    state_copies: list[str]
+
+
+def program_layout(program: GraphProgram, graph: Graph) -> ProgramLayout:
+    """The layout of ``program``, which :func:`lower_graph` made of ``graph``."""
+    position = {id(n): i for i, n in enumerate(graph.nodes)}
+    calls = []
+    for c in program.calls:
+        if id(c.node) in position:
+            calls.append(CallLayout(c.kernel.name, position[id(c.node)], c.output,
+                                    tuple(c.bindings)))
+        else:   # a state copy (see lower_graph)
+            w, new = c.node.outputs[0].name, c.node.inputs[0].name
+            if c.node.name != f"state.{w}":
+                raise NotCacheable(f"node {c.node.name!r} is not one of the graph's")
+            calls.append(CallLayout(c.kernel.name, -1, 0, tuple(c.bindings), (w, new)))
+    if any(id(n) not in position for n in program.graph.nodes):
+        raise NotCacheable("the schedule has nodes that are not the graph's")
+    return ProgramLayout([position[id(n)] for n in program.graph.nodes], program.plan, calls,
+                         list(program.sources), list(program.state_copies))
+
+
+def restore_program(layout: ProgramLayout, graph: Graph) -> RestoredProgram:
+    """The program of ``graph`` that ``layout`` describes: ``graph`` must have the
+    structure of the graph the layout was made of (:func:`graph_signature`; its weights may
+    differ: repacked tables are made again from them). Raises if it visibly does not."""
+    nodes = graph.nodes
+    if sorted(layout.order) != list(range(len(nodes))):
+        raise ValueError("the layout's schedule does not cover the graph's nodes")
+    schedule = graph
+    if layout.order != list(range(len(nodes))):
+        schedule = Graph(graph.name, graph.inputs, graph.outputs,
+                         [nodes[i] for i in layout.order], graph.data)
+    calls = []
+    for c in layout.calls:
+        node = nodes[c.node] if c.state is None else _state_copy_node(schedule, *c.state)
+        calls.append((c.name, node, c.output, list(c.bindings)))
+    weights = [source.make(graph.data) for source in layout.sources]
+    return RestoredProgram(schedule, layout.plan, calls, weights, list(layout.state_copies))
+
+
+def dump_layout(layout: ProgramLayout) -> bytes:
+    """``layout`` as bytes for :func:`load_layout` (in this Python version). A repacking
+    transform that is a lambda or a local function travels as its code and closure values
+    (its module's globals are looked up again when it runs), which must hold no arrays:
+    a table derived from weights must get them as the transform's argument only."""
+    buffer = io.BytesIO()
+    try:
+        _LayoutPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(layout)
+    except NotCacheable:
+        raise
+    except Exception as e:   # noqa: BLE001 - anything unpicklable
+        raise NotCacheable(f"the program's layout cannot be stored: {e}") from e
+    return buffer.getvalue()
+
+
+def load_layout(data: bytes) -> ProgramLayout:
+    layout = pickle.loads(data)
+    if not isinstance(layout, ProgramLayout):
+        raise ValueError(f"not a program layout: {type(layout).__name__}")
+    return layout
+
+
+def _function(module: str, code: bytes, defaults, cells: tuple) -> types.FunctionType:
+    """A lambda or local function rebuilt from :class:`_LayoutPickler`'s pieces."""
+    return types.FunctionType(marshal.loads(code), importlib.import_module(module).__dict__,
+                              None, defaults, tuple(types.CellType(c) for c in cells))
+
+
+class _NoArrays(pickle.Pickler):
+    def reducer_override(self, obj):
+        if isinstance(obj, np.ndarray):
+            raise NotCacheable("a repacking transform holds an array")
+        return NotImplemented
+
+
+class _LayoutPickler(pickle.Pickler):
+    def reducer_override(self, obj):
+        if not isinstance(obj, types.FunctionType) or "<" not in obj.__qualname__:
+            return NotImplemented   # module-level functions go by name, as usual
+        if obj.__kwdefaults__:
+            raise NotCacheable(f"{obj.__qualname__} has keyword-only defaults")
+        cells = tuple(c.cell_contents for c in obj.__closure__ or ())
+        _NoArrays(io.BytesIO()).dump((cells, obj.__defaults__))
+        return _function, (obj.__module__, marshal.dumps(obj.__code__), obj.__defaults__,
+                           cells)
+
+
+# ---------------------------------------------------------------- signatures
+#: where the code that lowers a graph lives (relative to the package root)
+LOWERING_SOURCES = ("kernel", "ir", "ops", "passes")
+
+
+def graph_signature(graph: Graph, state: Mapping[str, str] | None = None) -> str:
+    """sha256 of everything of ``graph`` that :func:`lower_graph` reads but the weights'
+    values: every node (op, name, attributes, input and output names, kinds and types),
+    the inputs and outputs, which stored values have data (of which shape and dtype), and
+    ``state``. Raises :class:`NotCacheable` for an attribute without a faithful text."""
+    text = _graph_text(graph) + "\nstate " + repr(sorted((state or {}).items()))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def lowering_signature() -> str:
+    """sha256 of what else decides a lowering: the sources of the packages in
+    ``LOWERING_SOURCES``, the settings of their loaded modules (constants and functions, as
+    they are now: a test may change one) and the Python version (a layout holds code
+    objects). Raises :class:`NotCacheable` when one of their functions was replaced from
+    outside the package and the standard library (a test's wrapper, a mock): a caller may
+    be watching its calls, and a program from the cache runs no lowering."""
+    h = hashlib.sha256(_sources_digest().encode())
+    h.update(sys.version.encode())
+    prefixes = tuple(f"cnncompiler.{package}." for package in LOWERING_SOURCES)
+    for name in sorted(m for m in sys.modules if m.startswith(prefixes)):
+        for key, value in sorted(vars(sys.modules[name]).items()):
+            if not key.startswith("__") and not isinstance(value, types.ModuleType):
+                h.update(f"{name}.{key}={_setting(value)}\n".encode())
+    return h.hexdigest()
+
+
+@functools.cache
+def _sources_digest() -> str:
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for package in LOWERING_SOURCES:
+        for path in sorted((root / package).glob("*.py")):
+            h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def _setting(value) -> str:
+    """A module global as text: functions and classes by name, data by value, any other
+    object by its type."""
+    if value is None or isinstance(value, (bool, int, float, str, bytes, Enum)):
+        return repr(value)
+    if isinstance(value, types.FunctionType):
+        package = (value.__module__ or "").partition(".")[0]
+        if package != "cnncompiler" and package not in sys.stdlib_module_names:
+            raise NotCacheable(f"{value.__module__}.{value.__qualname__} replaces a function "
+                               "of the lowering")
+    if type(value).__module__ == "unittest.mock":
+        raise NotCacheable("a mock replaces part of the lowering")
+    if isinstance(value, (types.FunctionType, types.BuiltinFunctionType, type)):
+        return f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', '?')}"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{_setting(k)}:{_setting(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (set, frozenset)):
+        return "set(" + ",".join(sorted(map(_setting, value))) + ")"
+    if isinstance(value, (tuple, list)):
+        return f"{type(value).__name__}(" + ",".join(map(_setting, value)) + ")"
+    if isinstance(value, np.ndarray):
+        return _text(value)
+    return type(value).__qualname__
+
+
+def _value_text(v: Value | None) -> str:
+    return "-" if v is None else f"{v.name!r}:{v.kind.value}:{v.type!r}"
+
+
+def _graph_text(graph: Graph) -> str:
+    lines = [f"graph {graph.name!r}",
+             "in " + " ".join(_value_text(v) for v in graph.inputs),
+             "out " + " ".join(_value_text(v) for v in graph.outputs)]
+    for name in sorted(graph.data):
+        a = graph.data[name]
+        lines.append(f"data {name!r} " + ("-" if a is None else
+                                           f"{np.asarray(a).dtype.str}{np.shape(a)}"))
+    for n in graph.nodes:
+        attrs = ",".join(f"{k}={_text(v)}" for k, v in sorted(n.attrs.items()))
+        lines.append(f"{n.op} {n.name!r} " + " ".join(_value_text(v) for v in n.inputs)
+                     + " -> " + " ".join(_value_text(v) for v in n.outputs) + f" {{{attrs}}}")
+    return "\n".join(lines)
+
+
+def _text(x) -> str:
+    """An attribute value as text that tells every two different values apart."""
+    if x is None or isinstance(x, (bool, int, float, str, bytes, Enum)):
+        return repr(x)
+    if isinstance(x, (tuple, list)):
+        return ("(" if isinstance(x, tuple) else "[") + ",".join(map(_text, x)) + ")"
+    if isinstance(x, dict):
+        return "{" + ",".join(sorted(f"{_text(k)}:{_text(v)}" for k, v in x.items())) + "}"
+    if isinstance(x, np.ndarray):
+        data = np.ascontiguousarray(x)
+        return f"array({x.dtype.str},{x.shape},{hashlib.sha256(data.tobytes()).hexdigest()})"
+    if isinstance(x, np.generic):
+        return f"{x.dtype.str}:{x.item()!r}"
+    if isinstance(x, Graph):
+        return "{" + _graph_text(x) + "}"
+    if isinstance(x, (TensorType, DType)):
+        return repr(x)
+    if is_dataclass(x) and not isinstance(x, type):
+        return f"{type(x).__module__}.{type(x).__qualname__}(" + ",".join(
+            f"{f.name}={_text(getattr(x, f.name))}" for f in fields(x)) + ")"
+    raise NotCacheable(f"an attribute of type {type(x).__name__} has no faithful text")

@@ -16,7 +16,7 @@ from cnncompiler.ir.specialize import bind_symbols
 from cnncompiler.passes.manager import PassManager
 from cnncompiler.runtime.backend import HostState, StatefulGraph
 from cnncompiler.runtime.registry import get_backend
-from cnncompiler.runtime.validate import bind_inputs
+from cnncompiler.runtime.validate import InputBinder
 
 
 def as_graph(model: Any, input_shape: Sequence[int | str] | None = None,
@@ -66,6 +66,7 @@ class CompiledModel:
         self.state_bindings: dict[str, str] = dict(getattr(graph, "state", {}))
         updates = set(self.state_bindings.values())
         self._inputs = [v for v in graph.inputs if v.name not in self.state_bindings]
+        self._bind = InputBinder(self._inputs)
         self._outputs = [v for v in graph.outputs if v.name not in updates]
         self._state_types = {v.name: v.type for v in graph.inputs
                              if v.name in self.state_bindings}
@@ -90,7 +91,7 @@ class CompiledModel:
         return list(self._state_types)
 
     def run(self, *args: Any, **kwargs: Any) -> np.ndarray | tuple[np.ndarray, ...]:
-        arrays, _ = bind_inputs(self._inputs, args, kwargs)
+        arrays, _ = self._bind(args, kwargs)
         outputs = self.executable.run(arrays)
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
@@ -101,7 +102,7 @@ class CompiledModel:
         profile = getattr(self.executable, "profile", None)
         if profile is None:
             raise UnsupportedError(f"backend {self.backend!r} has no per-kernel profiler")
-        arrays, _ = bind_inputs(self._inputs, args, kwargs)
+        arrays, _ = self._bind(args, kwargs)
         return profile(arrays, repeats)
 
     # ------------------------------------------------------------------ state

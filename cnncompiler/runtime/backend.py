@@ -118,6 +118,11 @@ class PerShapeExecutable(Executable):
             {name: np.array(a) for name, a in graph.initial.items()} if stateful else {})
         self._holder: Any = None
         self.specialised: dict[tuple, Any] = {}
+        # whether any input has a symbolic dim; the specialisation serving each tuple of
+        # input shapes met so far (a call's look-up: shapes -> compiled graph)
+        self._symbolic = any(isinstance(d, str) for v in self.free_inputs
+                             for d in v.type.shape)
+        self._by_shapes: dict[tuple, Any] = {}
         if graph.inputs and all(v.type.is_static for v in graph.inputs):
             self.specialised[()] = self.build(graph)
 
@@ -126,6 +131,16 @@ class PerShapeExecutable(Executable):
         """The compiled form of ``graph``, whose shapes are all concrete."""
 
     def for_shapes(self, inputs: Sequence[np.ndarray]) -> Any:
+        shapes = tuple(x.shape for x in inputs) if self._symbolic else ()
+        compiled = self._by_shapes.get(shapes)
+        if compiled is None:
+            compiled = self._by_shapes[shapes] = self._specialise(inputs)
+        if self.state and compiled is not self._holder:
+            self._hold(compiled)
+        return compiled
+
+    def _specialise(self, inputs: Sequence[np.ndarray]) -> Any:
+        """The compiled graph for these inputs' shapes (built on first use)."""
         from cnncompiler.ir.specialize import bind_symbols
 
         bindings: dict[str, int] = {}
@@ -138,8 +153,6 @@ class PerShapeExecutable(Executable):
         if compiled is None:
             graph = bind_symbols(self.graph, bindings) if bindings else self.graph
             compiled = self.specialised[key] = self.build(graph)
-        if self.state and compiled is not self._holder:
-            self._hold(compiled)
         return compiled
 
     def _hold(self, compiled: Any) -> None:

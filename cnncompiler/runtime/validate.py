@@ -71,3 +71,44 @@ def _check(v: Value, x: Any, bindings: dict[str, int]) -> np.ndarray:
 
 def _fmt(shape) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+class InputBinder:
+    """:func:`bind_inputs` for one model's inputs, with a fast path for the usual call: one
+    C-contiguous ndarray per input, positionally, of the very dtype the model expects and
+    of its shape (symbolic dims >= 1 and consistent across inputs), checked with a few
+    comparisons per input. Anything else, including every wrong input, takes
+    :func:`bind_inputs`, which converts or explains."""
+
+    def __init__(self, inputs: Sequence[Value]):
+        self.inputs = list(inputs)
+        self._expected = [(tuple(v.type.shape), v.type.dtype.numpy, v.type.is_static)
+                          for v in self.inputs]
+
+    def __call__(self, args: Sequence[Any], kwargs: Mapping[str, Any]
+                 ) -> tuple[list[np.ndarray], dict[str, int]]:
+        if args and not kwargs and len(args) == len(self._expected):
+            bindings = self._fast(args)
+            if bindings is not None:
+                return list(args), bindings
+        return bind_inputs(self.inputs, args, kwargs)
+
+    def _fast(self, args: Sequence[Any]) -> dict[str, int] | None:
+        """The symbolic dims' values if ``args`` pass every check plainly, else None."""
+        bindings: dict[str, int] = {}
+        for x, (shape, dtype, static) in zip(args, self._expected):
+            if type(x) is not np.ndarray or x.dtype != dtype or not x.flags.c_contiguous:
+                return None
+            if static:
+                if x.shape != shape:
+                    return None
+                continue
+            if len(x.shape) != len(shape):
+                return None
+            for got, dim in zip(x.shape, shape):
+                if isinstance(dim, str):
+                    if got < 1 or bindings.setdefault(dim, got) != got:
+                        return None
+                elif got != dim:
+                    return None
+        return bindings
