@@ -8,9 +8,13 @@ expected outputs of its reference implementation) offline. This module
 - derives the candidate cases from our op registry and the importer's converters: each op
   maps to test-name prefixes (``MaxPool`` -> ``test_maxpool``), a case belongs to the op with
   the longest matching prefix, and counts when its model really uses that op (so
-  ``test_greater_equal`` is not a ``Greater`` case) or is an ``_expanded`` variant (the op's
-  function body inlined) of such a case; an ``_expanded`` case of an op we lack whose body
-  uses only our ops counts too, as a "composite" of that op (LayerNormalization, ...);
+  ``test_less_equal`` is not a ``Less`` case) or is an ``_expanded`` variant (the op's
+  function body inlined) of such a case. The ops we support are our registry's, the
+  importer's converters' and the ONNX functions, which the importer expands through their
+  bodies (GroupNormalization, Shrink, ...): a case of such an op counts when the body
+  expands into ops we convert (``importer.unsupported_ops``), and is dropped otherwise (an
+  Attention whose body needs ops we lack is no case of ours); an ``_expanded`` case of
+  another op we lack whose body uses only our ops counts too, as a "composite" of that op;
 - removes the cases out of scope: ones whose model uses an op or element type we do not have
   (found from the model itself) and the explicit ``EXCLUDE`` list, each with its reason;
 - builds ``BackendTest(backend, __name__)`` with ``include`` of the allowlist and ``exclude``
@@ -54,6 +58,8 @@ import cnncompiler
 from cnncompiler.errors import UnsupportedError
 from cnncompiler.frontends.onnx import load
 from cnncompiler.frontends.onnx.converters import CONVERTERS
+from cnncompiler.frontends.onnx.functions import schema_function_ops
+from cnncompiler.frontends.onnx.importer import unsupported_ops
 from cnncompiler.frontends.onnx.reader import MIN_OPSET
 from cnncompiler.ops import all_ops
 
@@ -62,12 +68,14 @@ from cnncompiler.ops import all_ops
 # takes these operands (by ONNX op: input slots) at compile time, as attributes; the rep binds
 # them to the test's values as initializers and compiles once per distinct set of values.
 STATIC_OPERANDS: dict[str, tuple[int, ...]] = {
+    "CenterCropPad": (1,),           # shape (an ONNX function: pads and slices by it)
     "Clip": (1, 2),                  # min, max
     "ConstantOfShape": (0,),         # shape
     "Dropout": (1, 2),               # ratio, training_mode
     "Expand": (1,),                  # shape
     "Pad": (1, 2, 3),                # pads, constant_value, axes
     "Reshape": (1,),                 # shape
+    "Range": (0, 1, 2),              # start, limit, delta
     "Resize": (1, 2, 3),             # roi, scales, sizes
     "Slice": (1, 2, 3, 4),           # starts, ends, axes, steps
     "Split": (1,),                   # split
@@ -174,6 +182,11 @@ PREFIXES: dict[str, tuple[str, ...]] = {
     "BatchNormalization": ("test_batchnorm",),
     "Conv": ("test_conv", "test_basic_conv"),
     "Dropout": ("test_dropout", "test_training_dropout"),
+    "GreaterOrEqual": ("test_greater_equal",),
+    "InstanceNormalization": ("test_instancenorm",),
+    "LessOrEqual": ("test_less_equal",),
+    "MeanVarianceNormalization": ("test_mvn",),
+    "RMSNormalization": ("test_rms_normalization",),
     "Pad": ("test_pad", "test_constant_pad", "test_edge_pad", "test_reflect_pad",
             "test_wrap_pad"),
 }
@@ -196,11 +209,12 @@ EXCLUDE: list[tuple[str, str]] = [
     # other features we do not implement
     (r"^test_averagepool_2d_dilations$", "dilated AveragePool (opset 19)"),
     (r"^test_maxpool_with_argmax", "MaxPool's Indices output"),
-    # composites (function bodies of ops we lack, expanded into ours)
+    # ONNX functions (bodies expanded into ours) and their _expanded cases
     (r"^test_causal_conv_with_state", "1-D/3-D window, 2-D only"),
-    (r"^test_center_crop_pad_", "Pad's pads computed at run time from a graph input"),
+    (r"^test_center_crop_pad_.*_expanded$", "Pad's pads computed at run time from a graph "
+     "input"),
     (r"^test_rotary_embedding(_3d_input|_interleaved|_no_position_ids|_no_position_ids_"
-     r"interleaved)?_expanded$", "empty (zero-size) tensors: a Split with an empty part"),
+     r"interleaved)?(_expanded)?$", "empty (zero-size) tensors: a Split with an empty part"),
 ]
 
 # Allowlisted cases that fail on one backend because of a known bug, by backend: case name ->
@@ -222,16 +236,22 @@ EXPANDED = re.compile(r"_expanded(_ver\d+)?$")
 
 
 def supported_ops() -> set[str]:
-    """Every ONNX op type the importer accepts: our op registry plus its own converters."""
-    return set(all_ops()) | set(CONVERTERS)
+    """Every ONNX op type the importer may accept: our op registry, its own converters, and
+    the ONNX functions (expanded through their bodies where these use only ops we convert:
+    ``scope_problem`` tells per model)."""
+    return set(all_ops()) | set(CONVERTERS) | schema_function_ops()
+
+
+def snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
 def op_prefixes(op: str) -> tuple[str, ...]:
     if op in PREFIXES:
         return PREFIXES[op]
     if op.startswith("Reduce"):
-        return ("test_reduce_" + re.sub(r"(?<!^)(?=[A-Z])", "_", op[6:]).lower(),)
-    return ("test_" + op.lower(),)
+        return ("test_reduce_" + snake(op[6:]),)
+    return tuple(dict.fromkeys(("test_" + op.lower(), "test_" + snake(op))))
 
 
 @dataclass
@@ -275,17 +295,21 @@ def _size(a: Any) -> int | None:
     return a.size if isinstance(a, np.ndarray) else None
 
 
+LACKS = "uses ops we lack: "
+
+
 def scope_problem(case: Any, ours: set[str]) -> str:
     """Why a node test is out of scope, from what it contains: ops, opset or element types we
     lack, or empty tensors."""
     model = case.model
-    missing = sorted({n.op_type for n in model.graph.node
-                      if n.op_type not in ours or n.domain not in ("", "ai.onnx")})
-    if missing:
-        return "uses ops we lack: " + ", ".join(missing)
     opset = next(i.version for i in model.opset_import if i.domain in ("", "ai.onnx"))
     if opset < MIN_OPSET:
         return f"opset {opset} model (we import opset >= {MIN_OPSET})"
+    direct = set(all_ops()) | set(CONVERTERS)
+    if any(n.op_type not in direct or n.domain not in ("", "ai.onnx") for n in model.graph.node):
+        missing = unsupported_ops(model)  # functions expand, unless their bodies use these
+        if missing:
+            return LACKS + "; ".join(missing)
     bad = sorted({"non-tensor" if t < 0 else onnx.TensorProto.DataType.Name(t)
                   for t, constant in _elem_types(model)
                   if t not in (CONSTANT_ELEM_TYPES if constant else SUPPORTED_ELEM_TYPES)})
@@ -328,6 +352,7 @@ def cases() -> tuple[Case, ...]:
             return None
         return base.model.graph.node[0].op_type
 
+    direct = set(all_ops()) | set(CONVERTERS)
     out = []
     for name in sorted(tests):
         op = owner(name) or composite(name)
@@ -336,6 +361,8 @@ def cases() -> tuple[Case, ...]:
         reason = next((why for pattern, why in EXCLUDE if re.search(pattern, name)), "")
         if not reason:
             reason = scope_problem(tests[name], ours)
+            if op not in direct and reason.startswith(LACKS):
+                continue  # an ONNX function whose body needs ops we lack: not one of ours
         out.append(Case(name, op, reason))
     return tuple(out)
 
@@ -428,13 +455,23 @@ def run_all(backend_name: str) -> dict[str, Outcome]:
             for name, fn in node_test_methods(backend_test(backend_name)).items()}
 
 
+#: ops the importer composes of ours in a converter, by the family they belong to
+COMPOSED_FAMILY = {"InstanceNormalization": "normalization", "LayerNormalization": "normalization",
+                   "And": "math_ops", "Or": "math_ops", "Xor": "math_ops"}
+
+
 def op_family(op: str) -> str:
-    """The ops module defining ``op`` ("conv", "pooling", ...); "importer" for the ops that only
-    the importer handles (evaluated at import time); "composite" for an op we lack whose
-    ``_expanded`` cases (its function body) use only ours."""
+    """The ops module defining ``op`` ("conv", "pooling", ...); for an op we have no op for,
+    the family of ``COMPOSED_FAMILY``, "importer" for the other ops only the importer handles
+    (evaluated at import time), "function" for an ONNX function the importer expands through
+    its body, "composite" for another op whose ``_expanded`` cases use only ours."""
     opdef = all_ops().get(op)
     if opdef is None:
-        return "importer" if op in CONVERTERS else "composite"
+        if op in COMPOSED_FAMILY:
+            return COMPOSED_FAMILY[op]
+        if op in CONVERTERS:
+            return "importer"
+        return "function" if op in schema_function_ops() else "composite"
     return opdef.module.rpartition(".")[2] or "?"
 
 
@@ -464,7 +501,9 @@ def coverage_markdown(results: dict[str, dict[str, Outcome]]) -> str:
              "Generated by `python tests/onnx_conformance.py --docs docs/onnx_coverage.md` from "
              f"the node test cases of onnx {onnx.__version__}; `tests/test_onnx_conformance.py` "
              "runs the allowlisted cases on every backend. A case belongs to an op we support "
-             "(our op registry and the importer's converters) by its name and its model; it is "
+             "(our op registry, the importer's converters, and the ONNX functions the importer "
+             "expands through their bodies into ops we convert: family *function*) by its name "
+             "and its model; it is "
              "allowlisted unless excluded below. On each backend every allowlisted case must "
              "pass, unless it is *unsupported* there (its model has nodes the backend's "
              "`supports` rejects, which `compile` reports up front: neither a pass nor a "

@@ -3,8 +3,10 @@
 Semantics live in the OpDefs; this module only translates syntax that changed across opsets:
 operands that became inputs (Clip min/max, Pad pads, Split split, axes, Resize scales),
 ``auto_pad``, ``ceil_mode`` (our ``rounding``), pre-13 Softmax's 2-D coercion, Upsample,
-CastLike, Dropout's inference mask.
-Ops not listed here map one to one (``importer.default_converter``).
+CastLike, Dropout's inference mask; and a few ONNX ops we have no op for, composed of ours
+(InstanceNormalization).
+Ops not listed here map one to one (``importer.default_converter``); ONNX ops that are neither
+here nor ours but are ONNX functions are expanded through their bodies (``functions.py``).
 """
 
 from __future__ import annotations
@@ -390,6 +392,8 @@ def _cast(ctx: NodeContext, dtype: DType) -> list:
     x = ctx.known(0)
     if x is not None and is_symbolic(x) and dtype.value == "int64":
         return [x]
+    if ctx.type(0).dtype == dtype:  # a no-op (function bodies cast to their stash type)
+        return _passthrough(ctx)
     return ctx.emit("Cast", [0], dict(to=dtype.value))
 
 
@@ -429,3 +433,94 @@ def variadic(ctx: NodeContext) -> list:
     if ctx.num_inputs == 1 and ctx.op_type != "Mean":
         return _passthrough(ctx)
     return ctx.emit(ctx.op_type, list(range(ctx.num_inputs)))
+
+
+@converts("InstanceNormalization")
+def instance_norm(ctx: NodeContext) -> list:
+    """Per-sample, per-channel normalization over the spatial axes, composed of our ops:
+    (x - mean) / sqrt(var + epsilon) * scale + bias, scale and bias shaped [C, 1, ...]."""
+    x = ctx.type(0)
+    if x.rank < 3:
+        raise ctx.fail(f"the input must have rank >= 3 (N, C, D1, ...); got shape "
+                       f"{list(x.shape)}")
+    axes = list(range(2, x.rank))
+    eps = np.asarray(ctx.attr("epsilon", 1e-5), x.dtype.numpy)
+    tmp = f"{ctx.name}/"
+    mean = ctx.emit("ReduceMean", [0], dict(axes=axes, keepdims=1), outputs=[tmp + "mean"])[0]
+    centered = ctx.emit("Sub", [0, mean], outputs=[tmp + "centered"])[0]
+    square = ctx.emit("Mul", [centered, centered], outputs=[tmp + "square"])[0]
+    var = ctx.emit("ReduceMean", [square], dict(axes=axes, keepdims=1),
+                   outputs=[tmp + "var"])[0]
+    std = ctx.emit("Sqrt", [ctx.emit("Add", [var, eps], outputs=[tmp + "var_eps"])[0]],
+                   outputs=[tmp + "std"])[0]
+    normalized = ctx.emit("Div", [centered, std], outputs=[tmp + "normalized"])[0]
+    per_channel = [-1] + [1] * (x.rank - 2)
+    scale = ctx.emit("Reshape", [1], dict(shape=per_channel), outputs=[tmp + "scale"])[0]
+    bias = ctx.emit("Reshape", [2], dict(shape=per_channel), outputs=[tmp + "bias"])[0]
+    scaled = ctx.emit("Mul", [normalized, scale], outputs=[tmp + "scaled"])[0]
+    return ctx.emit("Add", [scaled, bias], outputs=list(ctx.node.output)[:1])
+
+
+@converts("LayerNormalization")
+def layer_norm(ctx: NodeContext) -> list:
+    """LayerNormalization-17 composed of our ops, reducing over axes [axis, rank) in place.
+
+    ONNX's function body flattens the input to 2-D, which a symbolic batch cannot go through
+    when more than one dim precedes ``axis`` (the transformer/ConvNeXt [N, H, W, C] case); the
+    composition here keeps the shape and computes the variance in two passes. Mean and
+    InvStdDev (optional outputs) have the input's shape with the reduced dims set to 1.
+    """
+    x = ctx.type(0)
+    axis = ctx.attr("axis", -1)
+    if not -x.rank <= axis < x.rank:
+        raise ctx.fail(f"axis {axis} is out of range for rank {x.rank}")
+    axes = list(range(axis % x.rank, x.rank))
+    outs = list(ctx.node.output)
+    want = [bool(o) and o in ctx.importer.used for o in outs]
+    eps = np.asarray(ctx.attr("epsilon", 1e-5), x.dtype.numpy)
+    tmp = f"{ctx.name}/"
+    mean = ctx.emit("ReduceMean", [0], dict(axes=axes, keepdims=1),
+                    outputs=[outs[1] if len(want) > 1 and want[1] else tmp + "mean"])[0]
+    centered = ctx.emit("Sub", [0, mean], outputs=[tmp + "centered"])[0]
+    square = ctx.emit("Mul", [centered, centered], outputs=[tmp + "square"])[0]
+    var = ctx.emit("ReduceMean", [square], dict(axes=axes, keepdims=1),
+                   outputs=[tmp + "var"])[0]
+    std = ctx.emit("Sqrt", [ctx.emit("Add", [var, eps], outputs=[tmp + "var_eps"])[0]],
+                   outputs=[tmp + "std"])[0]
+    inv = ctx.emit("Reciprocal", [std],
+                   outputs=[outs[2] if len(want) > 2 and want[2] else tmp + "inv_std"])[0]
+    normalized = ctx.emit("Mul", [centered, inv], outputs=[tmp + "normalized"])[0]
+    if ctx.has_input(2):
+        scaled = ctx.emit("Mul", [normalized, 1], outputs=[tmp + "scaled"])[0]
+        y = ctx.emit("Add", [scaled, 2], outputs=outs[:1])[0]
+    else:
+        y = ctx.emit("Mul", [normalized, 1], outputs=outs[:1])[0]
+    return [y, mean, inv][:len(outs)]
+
+
+@converts("Range")
+def range_(ctx: NodeContext) -> list:
+    """Evaluated at import time (shape arithmetic, detection grids); ONNX's function body is a
+    Loop, which a run-time Range would need."""
+    values = [ctx.require_known(i, what) for i, what in enumerate(("start", "limit", "delta"))]
+    if any(is_symbolic(v) for v in values):
+        raise ctx.unsupported("Range bounds depend on the symbolic batch; give batch=...")
+    start, limit, delta = (np.asarray(v).reshape(()) for v in values)
+    if delta == 0:
+        raise ctx.fail("delta must not be 0")
+    return [np.arange(start, limit, delta).astype(np.result_type(start, limit, delta))]
+
+
+@converts("And", "Or", "Xor")
+def logical(ctx: NodeContext) -> list:
+    """Boolean And/Or/Xor as a Where on the first operand (the bodies of GreaterOrEqual and
+    LessOrEqual use Or)."""
+    for i in (0, 1):
+        if ctx.type(i).dtype != DType.bool:
+            raise ctx.fail(f"input {i} must be bool, got {ctx.type(i).dtype.value}")
+    if ctx.op_type == "And":
+        return ctx.emit("Where", [0, 1, np.array(False)])
+    if ctx.op_type == "Or":
+        return ctx.emit("Where", [0, np.array(True), 1])
+    not_b = ctx.emit("Not", [1], outputs=[f"{ctx.name}/not_b"])[0]
+    return ctx.emit("Where", [0, not_b, 1], outputs=list(ctx.node.output)[:1])

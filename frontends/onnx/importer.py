@@ -21,6 +21,16 @@ import onnx
 from onnx import numpy_helper
 
 from cnncompiler.errors import CnnCompilerError, FrontendError, UnsupportedError
+from cnncompiler.frontends.onnx.functions import (
+    DEFAULT_DOMAIN,
+    FunctionBody,
+    FunctionLibrary,
+    domain_of,
+    inline,
+    live_nodes,
+    opset_map,
+    type_proto,
+)
 from cnncompiler.frontends.onnx.reader import read_model
 from cnncompiler.ir.builder import GraphBuilder
 from cnncompiler.ir.graph import Graph, Value
@@ -53,12 +63,14 @@ def is_symbolic(a: np.ndarray) -> bool:
 class NodeContext:
     """What a converter sees of one ONNX node, and how it emits IR."""
 
-    def __init__(self, importer: OnnxImporter, node: onnx.NodeProto, name: str):
+    def __init__(self, importer: OnnxImporter, node: onnx.NodeProto, name: str,
+                 opset: int | None = None):
         self.importer = importer
         self.node = node
         self.name = name
         self.op_type = node.op_type
-        self.opset = importer.opset
+        # a node inlined from a function body has the body's opset, not the model's
+        self.opset = importer.opset if opset is None else opset
         self.attrs: dict[str, Any] = {a.name: _attr_value(a) for a in node.attribute}
         self._emitted = 0
 
@@ -183,12 +195,21 @@ class OnnxImporter:
         self.initializers: set[str] = set()
         self.symbols: list[str] = []               # symbolic dims seen by Shape, by index
         self._materialized: dict[tuple[str, bool], Value] = {}
+        g = model.graph
+        # values some node reads (or the graph outputs); expanded function bodies add theirs
+        self.used = {name for n in g.node for name in n.input} | {o.name for o in g.output}
+        self.opsets = opset_map(model.opset_import)
+        self.functions = FunctionLibrary(model)
+        self._ours = set(all_ops())
+        self._taken_names = ({i.name for i in g.input} | {o.name for o in g.output}
+                             | {t.name for t in g.initializer}
+                             | {o for n in g.node for o in n.output})
+        self._static_types: dict[str, onnx.TypeProto] | None = None
 
     # ------------------------------------------------------------------ run
     def run(self) -> Graph:
         g = self.model.graph
         self.check_supported()
-        self.used = {name for n in g.node for name in n.input} | {o.name for o in g.output}
         for t in g.initializer:
             self._set_known(t.name, _tensor_array(t))
             self.initializers.add(t.name)
@@ -206,24 +227,168 @@ class OnnxImporter:
 
     def check_supported(self) -> None:
         """Raise one error listing every unsupported op type with its nodes and count."""
-        ours = all_ops()
-        missing: dict[tuple[str, str], list[str]] = defaultdict(list)
-        for index, node in enumerate(self.model.graph.node):
-            domain = node.domain or "ai.onnx"
-            if domain != "ai.onnx" or (node.op_type not in self.converters
-                                       and node.op_type not in ours):
-                missing[(domain, node.op_type)].append(node.name or f"#{index}")
+        missing = self.find_unsupported()
         if missing:
             lines = []
-            for (domain, op), nodes in sorted(missing.items()):
+            for (domain, op), (nodes, why) in sorted(missing.items()):
                 where = "" if domain == "ai.onnx" else f" (domain {domain})"
                 shown = ", ".join(nodes[:5]) + (", ..." if len(nodes) > 5 else "")
-                lines.append(f"  {op}{where}, opset {self.opset}: {len(nodes)} node(s): {shown}")
+                detail = f" (its ONNX function body {'; '.join(why)})" if why else ""
+                lines.append(f"  {op}{where}, opset {self.opset}: {len(nodes)} node(s): "
+                             f"{shown}{detail}")
             raise UnsupportedError(f"the model uses {len(missing)} unsupported ONNX op type(s):\n"
                                    + "\n".join(lines))
 
-    def _convert(self, node: onnx.NodeProto, name: str) -> None:
-        ctx = NodeContext(self, node, name)
+    def find_unsupported(self) -> dict[tuple[str, str], tuple[list[str], list[str]]]:
+        """(domain, op) -> (its nodes, why) for every op type the importer cannot convert: no
+        converter of ours and no function body that expands into ops we convert ("why" says
+        what in the body is missing)."""
+        missing: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
+        for index, node in enumerate(self.model.graph.node):
+            if self.convertible(node):
+                continue
+            problems = self._body_problems(node, self.opsets, self.used, 0)
+            if problems == []:
+                continue  # its function body expands into ops we convert
+            key = (domain_of(node.domain) or "ai.onnx", node.op_type)
+            nodes, why = missing.setdefault(key, ([], []))
+            nodes.append(node.name or f"#{index}")
+            why.extend(p for p in problems or () if p not in why)
+        return missing
+
+    def convertible(self, node: onnx.NodeProto) -> bool:
+        """Whether a converter of ours takes ``node`` directly (no function expansion)."""
+        return domain_of(node.domain) == DEFAULT_DOMAIN and (
+            node.op_type in self.converters or node.op_type in self._ours)
+
+    # ------------------------------------------------------------ functions
+    MAX_FUNCTION_DEPTH = 16
+
+    def _body_problems(self, node: onnx.NodeProto, opsets: Mapping[str, int], used: set[str],
+                       depth: int) -> list[str] | None:
+        """What stops ``node``'s function body from expanding into ops we convert: None when
+        it has no function, [] when nothing does (or when only the run-time input types can
+        tell: conversion checks again), else what is missing ("uses Loop")."""
+        if not self.functions.has_function(node, opsets):
+            return None
+        if depth > self.MAX_FUNCTION_DEPTH:
+            return [f"nests function bodies deeper than {self.MAX_FUNCTION_DEPTH}"]
+        types = None
+        if self.functions.needs_types(node, opsets):
+            static = self.static_types()
+            types = [static.get(x, onnx.TypeProto()) for x in node.input]
+        body = self.functions.body(node, opsets, types)
+        if isinstance(body, str):
+            # a context-dependent body may build once the real input types are known
+            return [] if types is not None else [f"cannot be used: {body}"]
+        counter = iter(range(1 << 62))
+        inner = inline(node, body, node.name or node.op_type,
+                       lambda hint: f"{hint}#{next(counter)}")
+        live = live_nodes(inner, {o for o in node.output if o and o in used})
+        consumed = {x for n in live for x in n.input} | used
+        problems: list[str] = []
+        for n in live:
+            if self.convertible(n):
+                continue
+            sub = self._body_problems(n, body.opsets, consumed, depth + 1)
+            label = _op_label(n)
+            if sub is None:
+                found = [f"uses {label}, which has no converter"]
+            else:
+                found = [f"{p} (in the body of {label})" for p in sub]
+            problems.extend(p for p in found if p not in problems)
+        return problems
+
+    def static_types(self) -> dict[str, onnx.TypeProto]:
+        """ONNX types of the graph's inputs, initializers and (shape-inferred) values, for
+        building context-dependent function bodies before conversion."""
+        if self._static_types is None:
+            g = self.model.graph
+            types = {vi.name: vi.type for vi in [*g.input, *g.value_info, *g.output]}
+            for t in g.initializer:
+                types[t.name] = onnx.helper.make_tensor_type_proto(t.data_type, list(t.dims))
+            try:
+                inferred = onnx.shape_inference.infer_shapes(self._skeleton(types)).graph
+                types.update((vi.name, vi.type) for vi in inferred.value_info)
+            except Exception:  # noqa: BLE001 (best effort: the types are only a hint here)
+                pass
+            self._static_types = types
+        return self._static_types
+
+    def _skeleton(self, types: Mapping[str, onnx.TypeProto]) -> onnx.ModelProto:
+        """The model without its weights' data (initializers become typed inputs), for
+        shape inference without copying the weights."""
+        g, m = self.model.graph, self.model
+        skeleton = onnx.GraphProto(name=g.name, node=g.node, output=g.output,
+                                   value_info=g.value_info, input=g.input)
+        declared = {i.name for i in g.input}
+        skeleton.input.extend(onnx.helper.make_value_info(t.name, types[t.name])
+                              for t in g.initializer if t.name not in declared)
+        return onnx.ModelProto(ir_version=m.ir_version, opset_import=m.opset_import,
+                               functions=m.functions, graph=skeleton)
+
+    def fresh(self, hint: str) -> str:
+        """A value name that no ONNX name of the model (or of an earlier expansion) uses."""
+        name, k = hint, 0
+        while name in self._taken_names:
+            k += 1
+            name = f"{hint}_{k}"
+        self._taken_names.add(name)
+        return name
+
+    def _expand(self, node: onnx.NodeProto, name: str, opsets: Mapping[str, int],
+                depth: int) -> None:
+        """Convert ``node`` by inlining its function body (see ``functions.py``): only the
+        body nodes that outputs in use depend on, each converted like any node."""
+        ctx = NodeContext(self, node, name, opsets.get(DEFAULT_DOMAIN, self.opset))
+        label = _op_label(node)
+        if not self.functions.has_function(node, opsets):
+            raise ctx.unsupported(f"{label} has no converter and no ONNX function body")
+        if depth > self.MAX_FUNCTION_DEPTH:
+            raise ctx.unsupported(f"function bodies nest deeper than {self.MAX_FUNCTION_DEPTH}")
+        types = [type_proto(self.type_of(x, ctx)) if x else onnx.TypeProto()
+                 for x in node.input]
+        body = self.functions.body(node, opsets, types)
+        if isinstance(body, str):
+            raise ctx.unsupported(f"{label} has no converter and its function body cannot be "
+                                  f"used: {body}")
+        inner = live_nodes(inline(node, body, name, self.fresh),
+                           {o for o in node.output if o and o in self.used})
+        self._check_body(ctx, body, inner)
+        self.used.update(x for n in inner for x in n.input if x)
+        for n in inner:
+            try:
+                self._convert(n, n.name, body.opsets, depth + 1)
+            except CnnCompilerError as e:
+                e.args = (f"ONNX node '{name}' ({label}, opset {ctx.opset}), in its "
+                          f"{body.origin}: {e}", *e.args[1:])
+                raise
+        lost = [o for o in node.output
+                if o and o in self.used and o not in self.values and o not in self.known]
+        if lost:
+            raise ctx.unsupported(f"output(s) {lost} are not produced by its {body.origin}")
+
+    def _check_body(self, ctx: NodeContext, body: FunctionBody,
+                    inner: list[onnx.NodeProto]) -> None:
+        """Every op of the (live) body converts, directly or as a function in turn."""
+        bad: dict[str, list[str]] = defaultdict(list)
+        for n in inner:
+            if not self.convertible(n) and not self.functions.has_function(n, body.opsets):
+                bad[_op_label(n)].append(n.name)
+        if bad:
+            listed = "; ".join(f"{op} (node(s) {', '.join(repr(x) for x in nodes)})"
+                               for op, nodes in sorted(bad.items()))
+            raise ctx.unsupported(f"{_op_label(ctx.node)} has no converter, and its "
+                                  f"{body.origin} uses op(s) that cnncompiler cannot convert: "
+                                  f"{listed}")
+
+    def _convert(self, node: onnx.NodeProto, name: str,
+                 opsets: Mapping[str, int] | None = None, depth: int = 0) -> None:
+        opsets = self.opsets if opsets is None else opsets
+        if not self.convertible(node):
+            self._expand(node, name, opsets, depth)
+            return
+        ctx = NodeContext(self, node, name, opsets.get(DEFAULT_DOMAIN, self.opset))
         convert = self.converters.get(node.op_type, default_converter)
         try:
             results = convert(ctx)
@@ -382,3 +547,20 @@ def load(model: str | os.PathLike | bytes | onnx.ModelProto, *,
     """
     proto = read_model(model)
     return OnnxImporter(proto, input_shapes, batch, name).run()
+
+
+def _op_label(node: onnx.NodeProto) -> str:
+    domain = domain_of(node.domain)
+    return node.op_type if domain == DEFAULT_DOMAIN else f"{node.op_type} (domain {domain})"
+
+
+def unsupported_ops(model: onnx.ModelProto) -> list[str]:
+    """Why the importer would reject ``model`` up front, one line per op type ("Range: its
+    ONNX function body uses Loop, which has no converter"); [] when every node converts
+    (directly or through its function body)."""
+    importer = OnnxImporter(model, None, None, None)
+    out = []
+    for (domain, op), (_, why) in sorted(importer.find_unsupported().items()):
+        label = op if domain == "ai.onnx" else f"{op} (domain {domain})"
+        out.append(label + (f": its ONNX function body {'; '.join(why)}" if why else ""))
+    return out
