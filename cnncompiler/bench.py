@@ -33,6 +33,7 @@ that at a fresh empty folder, times a cold compile, then a second (cached) compi
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import platform
@@ -347,6 +348,8 @@ class _Cell:
         cold = time.perf_counter() - start
         cached = None
         if has_cache:
+            cm = None   # a user's second compile replaces the model: two never coexist,
+            gc.collect()   # so peak RSS counts one model's weights and arena, not two
             start = time.perf_counter()
             cm = cnncompiler.compile(graph, backend=backend, batch=spec["batch"], **options)
             cached = time.perf_counter() - start
