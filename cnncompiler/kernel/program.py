@@ -32,6 +32,7 @@ import importlib
 import io
 import marshal
 import pickle
+import pkgutil
 import sys
 import types
 from collections.abc import Callable, Mapping
@@ -607,12 +608,25 @@ def lowering_signature() -> str:
     be watching its calls, and a program from the cache runs no lowering."""
     h = hashlib.sha256(_sources_digest().encode())
     h.update(sys.version.encode())
-    prefixes = tuple(f"cnncompiler.{package}." for package in LOWERING_SOURCES)
-    for name in sorted(m for m in sys.modules if m.startswith(prefixes)):
+    for name in _lowering_modules():
         for key, value in sorted(vars(sys.modules[name]).items()):
             if not key.startswith("__") and not isinstance(value, types.ModuleType):
                 h.update(f"{name}.{key}={_setting(value)}\n".encode())
     return h.hexdigest()
+
+
+@functools.cache
+def _lowering_modules() -> tuple[str, ...]:
+    """Every module of the packages in ``LOWERING_SOURCES``, imported: the same list in
+    every process, whichever of them it happened to load (keys must not depend on that)."""
+    names = []
+    for package in LOWERING_SOURCES:
+        root = importlib.import_module(f"cnncompiler.{package}")
+        names.append(root.__name__)
+        for info in pkgutil.walk_packages(root.__path__, f"{root.__name__}."):
+            importlib.import_module(info.name)
+            names.append(info.name)
+    return tuple(sorted(names))
 
 
 @functools.cache
