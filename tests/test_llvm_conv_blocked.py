@@ -302,3 +302,108 @@ def test_subsample_copy_limit(monkeypatch, subsampled):
     monkeypatch.setattr(C, "SUBSAMPLE_BYTES", 16 * 7 * 6 * 4)
     check(conv_graph((1, 16, 13, 11), 32, 1, relu=True, strides=(2, 2)))
     assert subsampled
+
+
+@pytest.fixture
+def banded(monkeypatch):
+    """The output rows per band of each conv that runs in bands of pixels (pixel_bands
+    says nonzero)."""
+    import cnncompiler.kernel.conv_nchwc as C
+
+    calls = []
+    original = C.pixel_bands
+
+    def counting(g):
+        rows = original(g)
+        if rows:
+            calls.append(rows)
+        return rows
+
+    monkeypatch.setattr(C, "pixel_bands", counting)
+    return calls
+
+
+@pytest.mark.parametrize("x_shape,k,f,attrs,threads", [
+    ((1, 16, 14, 14), 128, 3, {"strides": (2, 2), "pads": (1, 1, 1, 1)}, 1),  # 7 x 7 out
+    ((1, 16, 14, 14), 128, 3, {"strides": (2, 2), "pads": (1, 1, 1, 1)}, 2),
+    ((1, 16, 13, 13), 64, 3, {"strides": (2, 2), "pads": (1, 1, 1, 1)}, 1),   # odd input
+    ((2, 16, 15, 13), 64, 3, {"strides": (2, 2), "pads": (1, 1, 1, 1)}, 2),   # batch 2, 8 x 7
+    ((1, 16, 20, 19), 128, 3, {"strides": (3, 3), "pads": (1, 1, 1, 1)}, 1),  # stride 3
+    ((1, 16, 12, 13), 128, 3, {"strides": (2, 2), "pads": (2, 0, 1, 3)}, 1),  # uneven pads
+    ((1, 16, 7, 8), 128, 3, {"pads": (1, 1, 1, 1)}, 1),                        # stride 1
+    ((1, 16, 9, 9), 128, 5, {"pads": (2, 2, 2, 2)}, 1),                        # 5x5
+    ((1, 16, 13, 14), 128, 3, {"strides": (2, 2), "dilations": (2, 2), "pads": (2, 2, 2, 2)},
+     1),
+    ((1, 32, 14, 14), 256, 3, {"strides": (2, 2), "pads": (1, 1, 1, 1), "group": 2}, 2),
+    ((1, 16, 9, 9), 72, 3, {"strides": (2, 2), "pads": (1, 1, 1, 1)}, 1),     # 3 x 4 tiles
+    ((8, 16, 7, 7), 8, 3, {"pads": (1, 1, 1, 1)}, 1),                          # 1 x 12 tiles
+    ((1, 16, 3, 4), 128, 3, {"pads": (1, 1, 1, 1)}, 1),                        # 3 x 4 output
+    ((1, 16, 5, 5), 128, 3, {"pads": (3, 3, 3, 3)}, 1),                        # bias-only pixels
+    # small filters, a big input: units walk a band's channel groups first ("rows" order)
+    ((2, 64, 40, 13), 16, 3, {"strides": (2, 2), "pads": (1, 1, 1, 1)}, 2),
+])
+def test_narrow_rows_in_bands(banded, x_shape, k, f, attrs, threads):
+    """Narrow output rows run as bands of pixels, tiles across rows, each pixel with its
+    own taps (odd sizes, strides 1 to 3, padding, dilation, groups, batch 2, 1 and 2
+    threads), with a fused residual Add of another conv and ReLU."""
+    check(conv_graph(x_shape, k, f, residual=True, relu=True, **attrs), threads=threads)
+    assert banded
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bands_of_several_runs(monkeypatch, banded, threads):
+    """Bands of a few rows: a top band, middle ones, a bottom one and a shorter last one
+    each with their own code (and units: bands x channel groups x batch)."""
+    import cnncompiler.kernel.conv_nchwc as C
+
+    monkeypatch.setattr(C, "BAND_PIXELS", 14)   # 7-column rows: bands of 2 rows
+    check(conv_graph((2, 16, 25, 13), 32, 3, residual=True, relu=True, strides=(2, 2),
+                     pads=(1, 1, 1, 1)), threads=threads)        # 13 x 7: 6 bands of 2 + 1
+    assert banded == [2, 2]
+    g = C.BlockedConv(8, True, True, 2, 16, 25, 13, 32, 13, 7, 3, 3, 2, 2, 1, 1, 1, 1, 1)
+    assert C.band_runs(g, 2) == [(1, 2), (6, 2), (7, 1)]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bands_in_chunks_and_row_epilogue(monkeypatch, banded, threads):
+    """A band's reduction in chunks (partial sums stored and reloaded, the epilogue on the
+    last), then the same with the epilogue over the stored rows."""
+    import cnncompiler.kernel.conv_nchwc as C
+
+    monkeypatch.setattr(C, "CHUNK_ABOVE", 1024)
+    monkeypatch.setattr(C, "CHUNK_BYTES", 2 * 8 * 8 * 9 * 4)   # 5 input blocks: chunks of 1
+    check(conv_graph((1, 40, 13, 14), 32, 3, residual=True, relu=True, strides=(2, 2),
+                     pads=(1, 1, 1, 1)), threads=threads)
+    check(clip_graph((1, 40, 13, 14), 32, 3, residual=True, strides=(2, 2),
+                     pads=(1, 1, 1, 1)), threads=threads)
+    monkeypatch.setattr(C, "register_epilogue", lambda *a: None)
+    check(conv_graph((1, 40, 13, 14), 32, 3, residual=True, relu=True, strides=(2, 2),
+                     pads=(1, 1, 1, 1)), threads=threads)
+    assert len(banded) == 5   # the residual's conv too
+
+
+@pytest.mark.parametrize("x_shape,attrs", [
+    ((1, 16, 10, 10), {"pads": (1, 1, 1, 1)}),                      # tiles of 5 + 5
+    ((1, 16, 21, 21), {"strides": (2, 2), "pads": (1, 1, 1, 1)}),   # 5 + 6
+    ((1, 16, 14, 14), {"pads": (1, 1, 1, 1)}),                      # two full tiles
+    ((1, 16, 6, 6), {"pads": (1, 1, 1, 1)}),                        # one full tile
+])
+def test_wider_rows_keep_rows(banded, x_shape, attrs):
+    check(conv_graph(x_shape, 16, 3, relu=True, **attrs))
+    assert not banded
+
+
+def test_band_tiles():
+    from cnncompiler.kernel.conv_nchwc import BlockedConv, band_tiles, pixel_bands, pixel_taps
+
+    full = frozenset((i, j) for i in range(3) for j in range(3))
+    assert sorted(w for _, w in band_tiles([full] * 49, 2, 6)) == [5] * 5 + [6] * 4
+    # ResNet-50's layer4.0.conv2: one band of 7 rows, every tile within the tap sets
+    g = BlockedConv(8, True, True, 1, 512, 14, 14, 512, 7, 7, 3, 3, 2, 2, 1, 1, 1, 1, 1)
+    assert pixel_bands(g) == 7
+    taps = pixel_taps(g, 0, 7)
+    assert taps[0] == {(i, j) for i in (1, 2) for j in (1, 2)} and taps[8] == full
+    for most in (4, 6, 12):
+        tiles = band_tiles(taps, 2, most)
+        assert [p for lo, w in tiles for p in range(lo, lo + w)] == list(range(49))
+        assert all(1 <= w <= most for _, w in tiles)

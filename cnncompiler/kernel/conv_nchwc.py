@@ -22,9 +22,10 @@ columns are cut into segments over which the set of in-image kernel columns is c
 (interior segments take them all, the padded borders fewer), and rows whose kernel rows all
 lie inside the image skip every check; border rows test each kernel row once. 1x1 convs
 run as rows of the flattened pixels (:func:`pointwise_rows`; a strided one with narrow
-rows over a subsampled copy of its input, :func:`subsample_input`). The fused
-epilogue (bias is folded into the accumulators' start; ReLU, residual Add... run over the
-finished output row while it is in L1) reads the stored row in place.
+rows over a subsampled copy of its input, :func:`subsample_input`); other convs with
+narrow rows in bands of several rows, tiles running across rows (:func:`pixel_bands`).
+The fused epilogue (bias is folded into the accumulators' start; ReLU, residual Add...
+run over the finished output row while it is in L1) reads the stored row in place.
 """
 
 from __future__ import annotations
@@ -63,6 +64,16 @@ L2_BUDGET = 256 * 1024
 #: most bytes of the subsampled input of a strided 1x1 conv (see :func:`pointwise_rows`),
 #: stack memory of each thread's call
 SUBSAMPLE_BYTES = 1 << 20
+#: most output pixels of one band of narrow output rows (see :func:`pixel_bands`): its
+#: tiles are placed at compile time, one copy of the micro-kernel each
+BAND_PIXELS = 64
+#: FMAs in flight that hide the FMA latency (2 pipes x 4 cycles on Zen 3, with a margin:
+#: rows of 4-column tiles, 8 accumulators, ran 5-7% slower than bands of 5 and 6 columns),
+#: and the overhead of a tile in FMAs, for the cost model of :func:`band_tiles`
+FMA_CHAINS = 10
+TILE_COST = 4
+#: least modelled gain of bands over Y's rows (see :func:`pixel_bands`)
+BAND_GAIN = 0.1
 
 
 @dataclass(frozen=True)
@@ -267,9 +278,101 @@ def subsample_input(kb, g: BlockedConv, x: K.Buffer) -> tuple[K.Buffer, list[K.S
         K.Loop(i, K.Const(0), K.Const(oh_r), rows, "rolled")], "rolled")]
 
 
+def pixel_bands(g: BlockedConv) -> int:
+    """Output rows per band for a dense/grouped blocked conv whose output rows are too
+    narrow for full register tiles (0: keep Y's rows). The tiles of a band run over its
+    pixels in Y's order ([N, K/8, OH, OW, 8]: consecutive pixels are consecutive vectors,
+    across rows too), so a 7x7 output is 9 tiles of 5 or 6 columns rather than 7 rows of a
+    3- and a 4-column tile (6 and 8 accumulators: too few to hide the FMA latency). A
+    tile's columns read X at offsets of no common stride, and each takes only its pixel's
+    taps inside the image; both are known at compile time (the unit's code is picked by
+    the band it computes: see :func:`band_runs`). Bands are taken where the cost model of
+    :func:`band_tiles` puts them at least BAND_GAIN below Y's rows: it overrates them
+    (3x3 convs, one core: rows of 10 columns in tiles of 5, 6% better in the model,
+    measured 0-1.5% slower in bands; 9 columns, 15%: 2% faster; 8 columns, 22%: 5-7%;
+    7 columns, 32%: 20%). ResNet-50's layer4.0.conv2 (3x3 stride 2, 512->512, 14x14 ->
+    7x7) ran at 66-72% of peak in rows, 84-88% in one band (86% over a zero-padded copy
+    of X instead, every pixel taking every tap)."""
+    if not (g.blocked and g.x_blocked) or g.depthwise or g.subsample is not None \
+            or g.ow >= 2 * register_tile(g)[1] or g.oh * g.ow == 0:
+        return 0
+    rows, cols = register_tile(g)
+    groups = g.n * g.k // (g.lanes * rows)
+    bands = max(-(-g.oh * g.ow // max(BAND_PIXELS, g.ow)),
+                min(g.oh, -(-MIN_UNITS // groups)))
+    per_band = -(-g.oh // bands)
+    row_widths = [w for _, w, count in tile_runs(g.ow, cols) for _ in range(count)]
+    in_rows = sum(tiles_cost(pixel_taps(g, oh, 1), rows, row_widths) for oh in range(g.oh))
+    in_bands, first = 0, 0
+    for end, height in band_runs(g, per_band):
+        taps = pixel_taps(g, first * per_band, height)
+        in_bands += (end - first) * tiles_cost(taps, rows,
+                                               [w for _, w in band_tiles(taps, rows, cols)])
+        first = end
+    return per_band if in_bands <= (1 - BAND_GAIN) * in_rows else 0
+
+
+def pixel_taps(g: BlockedConv, oh: int, height: int) -> list[frozenset]:
+    """The (kernel row, kernel column) taps inside the image of each pixel of ``height``
+    output rows from ``oh``, in Y's order."""
+    columns = column_taps(g)
+    out = []
+    for row in range(oh, oh + height):
+        inside = [i for i in range(g.fh) if 0 <= row * g.sh + i * g.dh - g.pt < g.h]
+        out += [frozenset((i, j) for i in inside for j in js) for js in columns]
+    return out
+
+
+def band_runs(g: BlockedConv, per_band: int) -> list[tuple[int, int]]:
+    """The bands of ``per_band`` output rows that share their code: runs (end band, rows)
+    of consecutive bands with the same rows and the same taps of each pixel (the top band,
+    the middle ones, the bottom ones...)."""
+    runs: list[tuple[int, int, list]] = []
+    for band in range(-(-g.oh // per_band)):
+        height = min(per_band, g.oh - band * per_band)
+        taps = pixel_taps(g, band * per_band, height)
+        if runs and runs[-1][1:] == (height, taps):
+            runs[-1] = (band + 1, height, taps)
+        else:
+            runs.append((band + 1, height, taps))
+    return [(end, height) for end, height, _ in runs]
+
+
+def tiles_cost(taps: list[frozenset], rows: int, widths: list[int]) -> int:
+    """The cost model of :func:`band_tiles` for consecutive tiles of ``widths`` columns
+    over pixels taking ``taps``."""
+    total, lo = 0, 0
+    for width in widths:
+        count: dict = {}
+        for p in range(lo, lo + width):
+            for tap in taps[p]:
+                count[tap] = count.get(tap, 0) + 1
+        total += TILE_COST + sum(max(rows * c, FMA_CHAINS) for c in count.values())
+        lo += width
+    return total
+
+
+def band_tiles(taps: list[frozenset], rows: int, most: int) -> list[tuple[int, int]]:
+    """Cut a band's pixels, pixel ``p`` taking the (kernel row, kernel column) taps
+    ``taps[p]``, into tiles of at most ``most`` columns: (first pixel, width) each. Each
+    tap of a tile is one pass of the channel-lane loop, FMAs for the tile's ``rows`` x (its
+    columns taking that tap) accumulators, which takes at least FMA_CHAINS FMAs' time (the
+    latency of one accumulator's chain); the cut minimises the sum of those times plus
+    TILE_COST per tile (:func:`tiles_cost`). 49 interior pixels -> 4 x 6 + 5 x 5; pixels
+    of a top row that skips a kernel row are kept out of tiles of the next row's pixels
+    where their columns would leave that kernel row's passes with few FMAs."""
+    best: list[tuple[int, list[tuple[int, int]]]] = [(0, [])]
+    for hi in range(1, len(taps) + 1):
+        best.append(min((best[lo][0] + tiles_cost(taps[lo:hi], rows, [hi - lo]),
+                         best[lo][1] + [(lo, hi - lo)])
+                        for lo in range(max(0, hi - most), hi)))
+    return best[-1][1]
+
+
 def conv_nchwc(kb, conv: Node) -> list[K.Stmt]:
     """Statements of a kernel computing the blocked ``conv`` (the first member of ``kb``)."""
     g = pointwise_rows(BlockedConv.of(conv), kb, conv)
+    per_band = pixel_bands(g)
     flat = g.oh * g.ow == conv.outputs[0].type.shape[2] * conv.outputs[0].type.shape[3] \
         and g.ow != conv.outputs[0].type.shape[3]   # rows of pointwise_rows, not Y's
     x, w = conv.inputs[0], conv.inputs[1]
@@ -291,31 +394,45 @@ def conv_nchwc(kb, conv: Node) -> list[K.Stmt]:
     # subexpressions between statements), so the micro-kernel body is loads and FMAs.
     unit = kb.fresh("row")
     groups_of_rows = kbs // rows
+    bands = -(-g.oh // per_band) if per_band else g.oh   # units per channel group
     n, k0, oh = kb.fresh("n"), kb.fresh("k0"), kb.fresh("oh")
     cgb = g.cg // inb                              # input channel blocks per group
     # element strides of X [N, C/b, H, W, b] (b = 8, or 1: NCHW) and of the packed weights
     x_cb, x_h, x_w = g.h * g.w * inb, g.w * inb, inb
     w_k = cgb * g.fh * g.fw * inb * L if not g.depthwise else g.fh * g.fw * L
     head: list[K.Stmt] = [
-        K.Declare(n, unit // (groups_of_rows * g.oh))]
+        K.Declare(n, unit // (groups_of_rows * bands))]
     if loop_order(g) == "rows":   # consecutive units: same output row, next channel blocks
-        head += [K.Declare(k0, unit % groups_of_rows * rows),
-                 K.Declare(oh, (unit // groups_of_rows) % g.oh)]
+        head += [K.Declare(k0, unit % groups_of_rows * rows)]
+        row_unit = (unit // groups_of_rows) % bands
     else:
-        head += [K.Declare(k0, (unit // g.oh) % groups_of_rows * rows),
-                 K.Declare(oh, unit % g.oh)]
+        head += [K.Declare(k0, (unit // bands) % groups_of_rows * rows)]
+        row_unit = unit % bands
+    head.append(K.Declare(oh, row_unit * per_band if per_band else row_unit))  # first row
     first_block = k0 if g.depthwise else (k0 * L) // g.kg * cgb   # input block of the group
     x_row = kb.fresh("xrow")     # X at (n, first block, oh*S - P_top, column 0, lane 0)
     head.append(K.Declare(x_row, ((n * cbs + first_block) * g.h + oh * g.sh - g.pt) * x_h))
 
     in_registers = register_epilogue(kb, conv, g, flat)
-    chunk = reduction_chunk(g, rows, cols)       # input channel blocks per pass over a row
+    # input channel blocks per pass over a row (or band)
+    chunk = reduction_chunk(replace(g, ow=per_band * g.ow) if per_band else g, rows, cols)
     ck = kb.fresh("chunk") if chunk < cgb else None
 
-    def tile(ow0: K.Expr, taps_of: list[list[int]], checks: bool) -> list[K.Stmt]:
+    def tile(ow0: K.Expr, taps_of: list[list[int]], checks: bool,
+             pixels: list[tuple[int, int]] | None = None,
+             rows_of: list[tuple[int, ...]] | None = None) -> list[K.Stmt]:
         """One micro-kernel: ``rows`` x ``width`` accumulators over the whole reduction;
-        column ``t`` of the tile takes kernel columns ``taps_of[t]``."""
+        column ``t`` of the tile takes kernel columns ``taps_of[t]``. ``pixels``: the
+        tile's columns are the pixels (row after ``oh``, column) of a band (see
+        :func:`pixel_bands`), ``ow0`` the first one's offset in Y's plane from row ``oh``,
+        and column ``t`` takes kernel rows ``rows_of[t]`` only."""
         width = len(taps_of)
+        if pixels is None:
+            x_col = [t * g.sw * x_w for t in range(width)]
+            at = [(oh, ow0 + t) for t in range(width)]
+        else:
+            x_col = [(a * g.sh * x_h + b * g.sw * x_w) for a, b in pixels]
+            at = [(oh + a, K.Const(b)) for a, b in pixels]
         acc = [[kb.fresh(f"acc{r}_{t}_", vec) for t in range(width)] for r in range(rows)]
         stmts: list[K.Stmt] = []
         for r in range(rows):
@@ -329,11 +446,13 @@ def conv_nchwc(kb, conv: Node) -> list[K.Stmt]:
             stmts.append(K.If(ck.gt(0), [
                 K.Assign(acc[r][t], K.Load(kb.out, y_tile + (r * g.oh * g.ow + t) * L, L))
                 for r in range(rows) for t in range(width)]))
-        x_tile = kb.fresh("xt")      # X at the tile's first column
-        stmts.append(K.Declare(x_tile, x_row + (ow0 * g.sw - g.pl) * x_w))
+        x_tile = kb.fresh("xt")      # X at the tile's first column (a band's first pixel)
+        stmts.append(K.Declare(x_tile, x_row + ((ow0 * g.sw if pixels is None else 0)
+                                                - g.pl) * x_w))
 
-        def taps(i: K.Var, cb: K.Expr | None) -> list[K.Stmt]:
-            """The FMAs of kernel row ``i``, input channel block ``cb``."""
+        def taps(i: K.Expr, cb: K.Expr | None, taps_of: list[list[int]]) -> list[K.Stmt]:
+            """The FMAs of kernel row ``i``, input channel block ``cb``; column ``t`` of the
+            tile takes kernel columns ``taps_of[t]``."""
             body: list[K.Stmt] = []
             columns: list = sorted({j for js in taps_of for j in js})
             jv = None
@@ -351,7 +470,7 @@ def conv_nchwc(kb, conv: Node) -> list[K.Stmt]:
                     body += [K.Declare(xo, x_tile + i * (g.dh * x_h) + col),
                              K.Declare(wo, k0 * w_k + (i * g.fw + j) * L)]
                     wv = K.Load(wpack, wo, L)
-                    body += [K.Assign(acc[0][t], K.fma(K.Load(xin, xo + t * g.sw * x_w, L),
+                    body += [K.Assign(acc[0][t], K.fma(K.Load(xin, xo + x_col[t], L),
                                                        wv, acc[0][t])) for t in ts]
                     continue
                 # input channel within the block: the innermost loop
@@ -361,7 +480,7 @@ def conv_nchwc(kb, conv: Node) -> list[K.Stmt]:
                     K.Declare(wo, k0 * w_k + (((cb * g.fh + i) * g.fw + j) * inb + lane) * L)]
                 wv = [K.Load(wpack, wo + r * w_k, L) for r in range(rows)]
                 for t in ts:
-                    xv = K.Broadcast(K.Load(xin, xo + t * g.sw * x_w), L)
+                    xv = K.Broadcast(K.Load(xin, xo + x_col[t]), L)
                     inner += [K.Assign(acc[r][t], K.fma(xv, wv[r], acc[r][t]))
                               for r in range(rows)]
                 body += [K.Loop(lane, K.Const(0), K.Const(inb), inner, "rolled")] if inb > 1 \
@@ -372,9 +491,28 @@ def conv_nchwc(kb, conv: Node) -> list[K.Stmt]:
 
         def kernel_rows(cb: K.Expr | None) -> list[K.Stmt]:
             """Kernel rows in a loop; rows in the padding skipped by one test each (none
-            where every window of the conv is inside the image)."""
+            where every window of the conv is inside the image). A band's tile: loops over
+            the runs of kernel rows whose columns take the same taps."""
+            if rows_of is not None:
+                out: list[K.Stmt] = []
+                per_row = [[js if i in rows_of[t] else [] for t, js in enumerate(taps_of)]
+                           for i in range(g.fh)]
+                i0 = 0
+                while i0 < g.fh:
+                    i1 = i0 + 1
+                    while i1 < g.fh and per_row[i1] == per_row[i0]:
+                        i1 += 1
+                    if any(per_row[i0]):
+                        if i1 - i0 == 1:
+                            out += taps(K.Const(i0), cb, per_row[i0])
+                        else:
+                            i = kb.fresh("ki")
+                            out.append(K.Loop(i, K.Const(i0), K.Const(i1),
+                                              taps(i, cb, per_row[i0]), "rolled"))
+                    i0 = i1
+                return out
             i = kb.fresh("ki")
-            body = taps(i, cb)
+            body = taps(i, cb, taps_of)
             if checks:
                 ih = oh * g.sh + i * g.dh - g.pt
                 body = [K.If(K.Bin("and", ih.ge(0), ih.lt(g.h)), body)]
@@ -389,7 +527,7 @@ def conv_nchwc(kb, conv: Node) -> list[K.Stmt]:
         if g.blocked:   # Y [N, K/8, OH, OW, 8]: one vector store per accumulator
             def stores(final: bool) -> list[K.Stmt]:
                 return [K.Store(kb.out, y_tile + (r * g.oh * g.ow + t) * L,
-                                in_registers(n, k0 + r, oh, ow0 + t, acc[r][t])
+                                in_registers(n, k0 + r, *at[t], acc[r][t])
                                 if final and in_registers is not None else acc[r][t])
                         for r in range(rows) for t in range(width)]
             if ck is None or in_registers is None:
@@ -424,16 +562,44 @@ def conv_nchwc(kb, conv: Node) -> list[K.Stmt]:
                 stmts += tile(K.Const(start), taps[start:start + width], checks)
         return stmts
 
-    # rows whose every kernel row is inside the image
-    top = min(g.oh, -(-g.pt // g.sh))
-    bottom = max(top, min(g.oh, (g.h - 1 + g.pt - (g.fh - 1) * g.dh) // g.sh + 1))
-    body = head + row(checks=not (top == 0 and bottom == g.oh))
-    if ck is not None:
-        body = head + [K.Loop(ck, K.Const(0), K.Const(cgb // chunk), body[len(head):],
-                              "rolled")]
-    if in_registers is None:
-        body += epilogue(kb, conv, n, k0, oh, rows, g, flat)
-    return prologue + [K.Loop(unit, K.Const(0), K.Const(g.n * groups_of_rows * g.oh), body,
+    def band(first: int, height: int) -> list[K.Stmt]:
+        """The tiles over the pixels of ``height`` output rows from ``oh``, which take the
+        taps of the pixels of the band from output row ``first``."""
+        stmts: list[K.Stmt] = []
+        taps = pixel_taps(g, first, height)
+        for lo, width in band_tiles(taps, rows, cols):
+            span = range(lo, lo + width)
+            stmts += tile(K.Const(lo), [sorted({j for _, j in taps[p]}) for p in span], False,
+                          [divmod(p, g.ow) for p in span],
+                          [tuple(sorted({i for i, _ in taps[p]})) for p in span])
+        return stmts
+
+    def with_chunks(stmts: list[K.Stmt]) -> list[K.Stmt]:
+        return stmts if ck is None else [K.Loop(ck, K.Const(0), K.Const(cgb // chunk), stmts,
+                                                "rolled")]
+
+    def row_epilogue(height: int) -> list[K.Stmt]:
+        if in_registers is not None:
+            return []
+        return [s for a in range(height) for s in epilogue(kb, conv, n, k0, oh + a, rows, g,
+                                                           flat)]
+
+    if per_band:   # the code of each run of bands, picked by the band's first row
+        runs = band_runs(g, per_band)
+        body = []
+        for u in reversed(range(len(runs))):
+            end, height = runs[u]
+            first = runs[u - 1][0] * per_band if u else 0
+            code = with_chunks(band(first, height)) + row_epilogue(height)
+            body = [K.If(oh.lt(end * per_band), code, body)] if body else code
+        body = head + body
+    else:
+        # rows whose every kernel row is inside the image
+        top = min(g.oh, -(-g.pt // g.sh))
+        bottom = max(top, min(g.oh, (g.h - 1 + g.pt - (g.fh - 1) * g.dh) // g.sh + 1))
+        body = head + with_chunks(row(checks=not (top == 0 and bottom == g.oh))) \
+            + row_epilogue(1)
+    return prologue + [K.Loop(unit, K.Const(0), K.Const(g.n * groups_of_rows * bands), body,
                               "parallel")]
 
 
