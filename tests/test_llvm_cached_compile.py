@@ -172,8 +172,10 @@ def test_program_entries_from_another_process(tmp_path):
     script = ("import sys; sys.path.insert(0, sys.argv[2]); import cnncompiler; "
               "from test_llvm_cached_compile import mixed; "
               "cnncompiler.compile(mixed(5), backend='llvm', cache_dir=sys.argv[1])")
+    # run outside the checkout: from its root, "import cnncompiler" would find the source
+    # folder rather than the installed package (whose backends/ lives elsewhere in it)
     subprocess.run([sys.executable, "-c", script, str(tmp_path),
-                    str(__import__("pathlib").Path(__file__).parent)], check=True)
+                    str(__import__("pathlib").Path(__file__).parent)], check=True, cwd=tmp_path)
     assert len(list(tmp_path.glob("*.prog"))) == 1
     graph = mixed(6)
     cm = cnncompiler.compile(graph, backend="llvm", cache_dir=str(tmp_path))
