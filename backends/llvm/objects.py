@@ -2,13 +2,15 @@
 
 Rendering kernel IR to LLVM IR (Python) and optimising/compiling it (LLVM) are both
 single-threaded: llvmlite serialises every call into LLVM behind one lock. A big model is
-therefore split into *parts* of about equal size, each rendered and compiled to a
-position-independent object in a worker process (``python -P -m`` this module: a fresh
+therefore split into *parts*, each rendered and compiled to a position-independent object
+either in this process or in a worker process (``python -P -m`` this module: a fresh
 interpreter, which never re-runs the user's script the way a multiprocessing "spawn" does),
-while one part is built in this process,
 plus a small entry object (``run_model``, declaring the kernels it calls). The JIT links
-them. Each part is a compile-cache entry of its own, keyed by its kernels' IR, so editing
-one layer of a model recompiles one part.
+them. There are ``PARTS_PER_LANE`` parts per lane (this process, and each worker slot), of
+about equal kernel-IR text, claimed largest first by whichever lane is free: text size
+predicts LLVM's time poorly (two equal halves of ResNet-50 took 6.5 s here and 10.8 s in
+the worker), and claiming smaller parts evens that out. Each part is a compile-cache entry
+of its own, keyed by its kernels' IR, so editing one layer of a model recompiles one part.
 
 Small models (below ``PARALLEL_MIN_CHARS`` of kernel IR) are built in this process: a
 worker process costs ~0.5 s to start. Any failure to use a worker (no process support,
@@ -17,17 +19,19 @@ a sandbox) falls back to building in this process.
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
 import pickle
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 
 from cnncompiler.kernel import ir as K
 
 #: kernel-IR text (fingerprint characters) above which a model is split across processes
 PARALLEL_MIN_CHARS = 400_000
+#: parts per lane of a parallel build (see the module docstring)
+PARTS_PER_LANE = 3
 
 def build_part(kernels: Sequence[K.Kernel], module_name: str, threaded: bool, cpu: str,
                features: str, opt: int) -> bytes:
@@ -76,29 +80,51 @@ def model_objects(engine, kernels: Sequence[K.Kernel], calls, num_args: int, thr
     with deep_recursion():
         texts = [kernel_text(k) for k in kernels]
     workers = _workers() if sum(map(len, texts)) >= PARALLEL_MIN_CHARS else 0
-    groups = split(texts, 1 + workers)
+    groups = split(texts, (1 + workers) * PARTS_PER_LANE if workers else 1)
     keys = [engine.object_key("\n".join([name, str(threaded)] + [texts[i] for i in g]))
             for g in groups]
     objects: list[bytes | None] = [cache.get(k) if cache is not None else None for k in keys]
     missing = [j for j, obj in enumerate(objects) if obj is None]
-    futures = {}
-    pool = concurrent.futures.ThreadPoolExecutor(max(1, len(missing) - 1))
-    for j in missing[1:]:
-        with deep_recursion():
-            job = pickle.dumps(([_without_tables(kernels[i]) for i in groups[j]],
-                                f"{name}_part{j}", threaded, engine.cpu_name,
-                                engine.cpu_features, engine.opt_level))
-        futures[j] = pool.submit(_run_worker, job)
-    for j in missing:
-        obj = None
-        if j in futures:
-            obj = futures[j].result()   # None if the worker failed: build it here
-        if obj is None:
-            obj = _build_here(engine, [kernels[i] for i in groups[j]], f"{name}_part{j}",
-                              threaded)
-        objects[j] = obj
-        if cache is not None:
-            cache.put(keys[j], obj)
+    # largest first (split's groups are about equal, but the last ones may be smaller)
+    missing.sort(key=lambda j: -sum(len(texts[i]) for i in groups[j]))
+    jobs = {}
+    if workers and len(missing) > 1:
+        with deep_recursion():   # here, once: the recursion limit is process-wide
+            jobs = {j: pickle.dumps(([_without_tables(kernels[i]) for i in groups[j]],
+                                     f"{name}_part{j}", threaded, engine.cpu_name,
+                                     engine.cpu_features, engine.opt_level))
+                    for j in missing}
+    queue = list(missing)
+    lock = threading.Lock()
+    failed: list[int] = []
+
+    def claim() -> int | None:
+        with lock:
+            return queue.pop(0) if queue else None
+
+    def worker_lane() -> None:   # runs worker processes only: LLVM stays in this thread
+        while (j := claim()) is not None:
+            obj = _run_worker(jobs[j])
+            if obj is None:   # the worker failed: build it here
+                with lock:
+                    failed.append(j)
+            objects[j] = obj
+
+    lanes = [threading.Thread(target=worker_lane, daemon=True)
+             for _ in range(min(workers, len(missing) - 1) if jobs else 0)]
+    for lane in lanes:
+        lane.start()
+    while (j := claim()) is not None:
+        objects[j] = _build_here(engine, [kernels[i] for i in groups[j]], f"{name}_part{j}",
+                                 threaded)
+    for lane in lanes:
+        lane.join()
+    for j in failed:
+        objects[j] = _build_here(engine, [kernels[i] for i in groups[j]], f"{name}_part{j}",
+                                 threaded)
+    if cache is not None:
+        for j in missing:
+            cache.put(keys[j], objects[j])
     entry_key = engine.object_key("\n".join([name, "entry", str(threaded), str(num_args),
                                              repr(calls)]))
     entry = cache.get(entry_key) if cache is not None else None
@@ -106,7 +132,6 @@ def model_objects(engine, kernels: Sequence[K.Kernel], calls, num_args: int, thr
         entry = _build_entry(engine, calls, num_args, threaded, f"{name}_entry")
         if cache is not None:
             cache.put(entry_key, entry)
-    pool.shutdown()
     return [*objects, entry], [*keys, entry_key]
 
 
