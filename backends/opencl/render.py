@@ -63,25 +63,19 @@ _BUILTINS = {"exp": "exp", "log": "log", "sqrt": "sqrt", "tanh": "tanh", "erf": 
              "abs": "fabs", "floor": "floor", "ceil": "ceil", "pow": "pow", "fma": "fma"}
 _INT_DIV = ("//", "%", "/")
 
-#: helpers every program starts with: Python's floor division and modulo on long
-PRELUDE = """\
-long cnnc_floordiv(long a, long b) {
-    long q = a / b, r = a % b;
+_FLOOR_HELPERS = """\
+{t} cnnc_floordiv{x}({t} a, {t} b) {{
+    {t} q = a / b, r = a % b;
     return (r != 0 && ((r ^ b) < 0)) ? q - 1 : q;
-}
-long cnnc_floormod(long a, long b) {
-    long r = a % b;
+}}
+{t} cnnc_floormod{x}({t} a, {t} b) {{
+    {t} r = a % b;
     return (r != 0 && ((r ^ b) < 0)) ? r + b : r;
-}
-int cnnc_floordiv_i(int a, int b) {
-    int q = a / b, r = a % b;
-    return (r != 0 && ((r ^ b) < 0)) ? q - 1 : q;
-}
-int cnnc_floormod_i(int a, int b) {
-    int r = a % b;
-    return (r != 0 && ((r ^ b) < 0)) ? r + b : r;
-}
+}}
 """
+#: helpers every program starts with: Python's floor division and modulo on long, and on
+#: int (suffix ``_i``, for kernels with 32-bit indices)
+PRELUDE = _FLOOR_HELPERS.format(t="long", x="") + _FLOOR_HELPERS.format(t="int", x="_i")
 
 #: the largest index constant a kernel may hold and still compute its indices in 32 bits
 NARROW_LIMIT = 2**31 - 1

@@ -443,22 +443,31 @@ def instance_norm(ctx: NodeContext) -> list:
     if x.rank < 3:
         raise ctx.fail(f"the input must have rank >= 3 (N, C, D1, ...); got shape "
                        f"{list(x.shape)}")
-    axes = list(range(2, x.rank))
-    eps = np.asarray(ctx.attr("epsilon", 1e-5), x.dtype.numpy)
     tmp = f"{ctx.name}/"
-    mean = ctx.emit("ReduceMean", [0], dict(axes=axes, keepdims=1), outputs=[tmp + "mean"])[0]
-    centered = ctx.emit("Sub", [0, mean], outputs=[tmp + "centered"])[0]
-    square = ctx.emit("Mul", [centered, centered], outputs=[tmp + "square"])[0]
-    var = ctx.emit("ReduceMean", [square], dict(axes=axes, keepdims=1),
-                   outputs=[tmp + "var"])[0]
-    std = ctx.emit("Sqrt", [ctx.emit("Add", [var, eps], outputs=[tmp + "var_eps"])[0]],
-                   outputs=[tmp + "std"])[0]
+    _, centered, std = _center_and_std(ctx, list(range(2, x.rank)), tmp + "mean")
     normalized = ctx.emit("Div", [centered, std], outputs=[tmp + "normalized"])[0]
     per_channel = [-1] + [1] * (x.rank - 2)
     scale = ctx.emit("Reshape", [1], dict(shape=per_channel), outputs=[tmp + "scale"])[0]
     bias = ctx.emit("Reshape", [2], dict(shape=per_channel), outputs=[tmp + "bias"])[0]
     scaled = ctx.emit("Mul", [normalized, scale], outputs=[tmp + "scaled"])[0]
     return ctx.emit("Add", [scaled, bias], outputs=list(ctx.node.output)[:1])
+
+
+def _center_and_std(ctx: NodeContext, axes: list[int], mean_name: str
+                    ) -> tuple[str, str, str]:
+    """Input 0's mean over ``axes`` (named ``mean_name``), input 0 minus it, and its standard
+    deviation sqrt(var + epsilon), the variance taken in a second pass over the centred
+    values (both keep the reduced dims as 1)."""
+    eps = np.asarray(ctx.attr("epsilon", 1e-5), ctx.type(0).dtype.numpy)
+    tmp = f"{ctx.name}/"
+    mean = ctx.emit("ReduceMean", [0], dict(axes=axes, keepdims=1), outputs=[mean_name])[0]
+    centered = ctx.emit("Sub", [0, mean], outputs=[tmp + "centered"])[0]
+    square = ctx.emit("Mul", [centered, centered], outputs=[tmp + "square"])[0]
+    var = ctx.emit("ReduceMean", [square], dict(axes=axes, keepdims=1),
+                   outputs=[tmp + "var"])[0]
+    std = ctx.emit("Sqrt", [ctx.emit("Add", [var, eps], outputs=[tmp + "var_eps"])[0]],
+                   outputs=[tmp + "std"])[0]
+    return mean, centered, std
 
 
 @converts("LayerNormalization")
@@ -477,16 +486,9 @@ def layer_norm(ctx: NodeContext) -> list:
     axes = list(range(axis % x.rank, x.rank))
     outs = list(ctx.node.output)
     want = [bool(o) and o in ctx.importer.used for o in outs]
-    eps = np.asarray(ctx.attr("epsilon", 1e-5), x.dtype.numpy)
     tmp = f"{ctx.name}/"
-    mean = ctx.emit("ReduceMean", [0], dict(axes=axes, keepdims=1),
-                    outputs=[outs[1] if len(want) > 1 and want[1] else tmp + "mean"])[0]
-    centered = ctx.emit("Sub", [0, mean], outputs=[tmp + "centered"])[0]
-    square = ctx.emit("Mul", [centered, centered], outputs=[tmp + "square"])[0]
-    var = ctx.emit("ReduceMean", [square], dict(axes=axes, keepdims=1),
-                   outputs=[tmp + "var"])[0]
-    std = ctx.emit("Sqrt", [ctx.emit("Add", [var, eps], outputs=[tmp + "var_eps"])[0]],
-                   outputs=[tmp + "std"])[0]
+    mean, centered, std = _center_and_std(
+        ctx, axes, outs[1] if len(want) > 1 and want[1] else tmp + "mean")
     inv = ctx.emit("Reciprocal", [std],
                    outputs=[outs[2] if len(want) > 2 and want[2] else tmp + "inv_std"])[0]
     normalized = ctx.emit("Mul", [centered, inv], outputs=[tmp + "normalized"])[0]
