@@ -177,6 +177,26 @@ def test_big_models_compile_in_parallel_parts(monkeypatch, tmp_path):
     np.testing.assert_allclose(cm(x), alone(x), rtol=1e-5, atol=1e-6)
 
 
+def test_repeated_layers_share_one_function():
+    """Convs of one shape and epilogue compile to one function, called with each one's own
+    weights: the answers stay each layer's own."""
+    from cnncompiler.kernel.program import lower_graph
+
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+                        *[m for _ in range(3) for m in (nn.Conv2d(16, 16, 3, padding=1),
+                                                        nn.ReLU())])
+    net.init_parameters(3)
+    g = net.to_graph((1, 3, 12, 12))
+    cm = cnncompiler.compile(g, backend="llvm", cache=False)
+    compiled = cm.executable.for_shapes([rand(1, 3, 12, 12)])
+    names = [name for name, _, node, _ in compiled.kernel_nodes if node.op == "Fused"]
+    assert len(names) == 4 and len(set(names[1:])) == 1 and names[0] != names[1]
+    program = lower_graph(compiled.graph, 64)
+    assert len(program.kernels) == len(program.calls) - 2 == 3
+    x = rand(1, 3, 12, 12)
+    assert rel_err(cm(x), evaluate(g, {"x": x})[0]) < 1e-4
+
+
 def test_tiny_graphs_run_on_one_thread(monkeypatch):
     from cnncompiler.backends.llvm import executable
 

@@ -93,7 +93,7 @@ class CompiledGraph:
             # args[k]; slot 0 is the arena); a weight only a repacked table reads (conv
             # filters in a blocked layout) is not passed at all
             program = lower_graph(graph, ALIGN, state=self.state)
-            kernels = [call.kernel for call in program.calls]
+            kernels = program.kernels
         self.program_graph = program.graph   # the schedule (state writes may reorder it)
         self.state_copies = program.state_copies   # state updated by a copy, not in place
         self.plan, self.weights = program.plan, program.weights

@@ -37,9 +37,9 @@ def build_part(kernels: Sequence[K.Kernel], module_name: str, threaded: bool, cp
                features: str, opt: int) -> bytes:
     """Render kernels and compile them to a position-independent object."""
     from cnncompiler.backends.llvm.engine import JitEngine
-    from cnncompiler.backends.llvm.render import deep_recursion, render_module
+    from cnncompiler.backends.llvm.render import render_module
 
-    with deep_recursion():
+    with K.deep_recursion():
         module = render_module(kernels, module_name, threaded=threaded)
     return JitEngine(opt_level=opt, cpu=cpu, features=features).emit_object(module)
 
@@ -55,9 +55,8 @@ def _run_worker(job: bytes) -> bytes | None:
 
 
 def kernel_text(kernel: K.Kernel) -> str:
-    """What a kernel's code depends on: its name, buffers and loop nest (not its tables'
-    values, which travel as arguments)."""
-    return repr((kernel.name, kernel.buffers, kernel.body))
+    """What a kernel's function depends on: its name and code (:func:`K.code_text`)."""
+    return f"{kernel.name}\n{K.code_text(kernel)}"
 
 
 def split(texts: Sequence[str], parts: int) -> list[list[int]]:
@@ -75,9 +74,7 @@ def model_objects(engine, kernels: Sequence[K.Kernel], calls, num_args: int, thr
                   name: str, cache) -> tuple[list[bytes], list[str]]:
     """Objects defining every kernel and ``run_model`` (see the module docstring), and their
     compile-cache keys."""
-    from cnncompiler.backends.llvm.render import deep_recursion
-
-    with deep_recursion():
+    with K.deep_recursion():
         texts = [kernel_text(k) for k in kernels]
     workers = _workers() if sum(map(len, texts)) >= PARALLEL_MIN_CHARS else 0
     groups = split(texts, (1 + workers) * PARTS_PER_LANE if workers else 1)
@@ -89,7 +86,7 @@ def model_objects(engine, kernels: Sequence[K.Kernel], calls, num_args: int, thr
     missing.sort(key=lambda j: -sum(len(texts[i]) for i in groups[j]))
     jobs = {}
     if workers and len(missing) > 1:
-        with deep_recursion():   # here, once: the recursion limit is process-wide
+        with K.deep_recursion():   # here, once: the recursion limit is process-wide
             jobs = {j: pickle.dumps(([_without_tables(kernels[i]) for i in groups[j]],
                                      f"{name}_part{j}", threaded, engine.cpu_name,
                                      engine.cpu_features, engine.opt_level))
@@ -138,9 +135,9 @@ def model_objects(engine, kernels: Sequence[K.Kernel], calls, num_args: int, thr
 def _build_here(engine, kernels: Sequence[K.Kernel], module_name: str, threaded: bool
                 ) -> bytes:
     """Render and compile kernels in this process."""
-    from cnncompiler.backends.llvm.render import deep_recursion, render_module
+    from cnncompiler.backends.llvm.render import render_module
 
-    with deep_recursion():
+    with K.deep_recursion():
         module = render_module(kernels, module_name, threaded=threaded)
     obj = engine.emit_object(module)
     _release(module)
@@ -196,9 +193,7 @@ def _workers() -> int:
 def _main() -> None:
     """Worker: a pickled (kernels, module name, threaded, cpu, features, opt) on stdin, the
     object code on stdout."""
-    from cnncompiler.backends.llvm.render import deep_recursion
-
-    with deep_recursion():
+    with K.deep_recursion():
         kernels, module_name, threaded, cpu, features, opt = pickle.loads(sys.stdin.buffer.read())
     sys.stdout.buffer.write(build_part(kernels, module_name, threaded, cpu, features, opt))
 

@@ -47,12 +47,11 @@ raise :class:`~cnncompiler.errors.CnnCompilerError` naming the kernel.
 
 from __future__ import annotations
 
-import contextlib
-import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from cnncompiler.errors import BackendUnavailableError, CnnCompilerError
 from cnncompiler.kernel import ir as K
+from cnncompiler.kernel.ir import deep_recursion
 
 try:  # llvmlite is an optional dependency: the backend reports itself unavailable without it
     from llvmlite import ir
@@ -97,19 +96,6 @@ def _memory_type(dtype: str):
 
 def _alignment(dtype: str) -> int:
     return {"f32": 4, "f64": 8, "i64": 8, "i1": 1}[dtype]
-
-
-@contextlib.contextmanager
-def deep_recursion(limit: int = 20000) -> Iterator[None]:
-    """Expression trees are walked recursively; long folded chains need a deeper stack."""
-    old = sys.getrecursionlimit()
-    if old < limit:
-        sys.setrecursionlimit(limit)
-    try:
-        yield
-    finally:
-        if old < limit:
-            sys.setrecursionlimit(old)
 
 
 def _metadata_string(module, text: str):

@@ -74,15 +74,23 @@ class CompiledProgram:
         self.plan = program.plan
         self.state_copies = program.state_copies   # state updated by a copy, not in place
         # a CPU device wants a few heavy work-items per core; a GPU one per row or element
-        rendered = [render_kernel(c.kernel, 1 if device.cpu else MAX_DIMS,
-                                  int_indices=not device.cpu) for c in program.calls]
+        # (calls of one code share a kernel: see lower_graph)
+        by_name = {k.name: render_kernel(k, 1 if device.cpu else MAX_DIMS,
+                                         int_indices=not device.cpu)
+                   for k in program.kernels}
+        rendered = [by_name[c.kernel.name] for c in program.calls]
         if any(k.uses_fp64 for k in rendered) and not device.info.fp64:
             raise UnsupportedError(f"graph {graph.name!r} needs float64 kernels; OpenCL device "
                                    f"{device.info.name!r} has no cl_khr_fp64")
         # one program per model: from PoCL's cache ResNet-50's builds in 0.15 s, against
         # 1.8 s for one program per kernel (built cold, both take about as long)
-        self.source = program_source(rendered)
-        self._sizes = [len(k.source) for k in rendered]
+        self.source = program_source(list(by_name.values()))
+        # what each call's first launch builds (a kernel's later calls: nothing)
+        first_call: dict[str, int] = {}
+        for i, c in enumerate(program.calls):
+            first_call.setdefault(c.kernel.name, i)
+        self._sizes = [len(k.source) if first_call[k.name] == i else 0
+                       for i, k in enumerate(rendered)]
         ctx = device.context
         flags = cl.mem_flags
         self.arena = cl.Buffer(ctx, flags.READ_WRITE,

@@ -651,12 +651,10 @@ def render_kernel(kernel: K.Kernel, max_dims: int = MAX_DIMS,
     indices in 32 bits where the kernel allows (for GPUs; a CPU's 64-bit arithmetic is
     native, and 32-bit offsets then cost sign extensions: ResNet-18 ran ~10% slower so on
     PoCL)."""
-    from cnncompiler.backends.llvm.render import deep_recursion
-
     narrow = int_indices and _narrow_indices(kernel)
     while True:
         renderer = _KernelRenderer(kernel, max_dims, narrow)
-        with deep_recursion():
+        with K.deep_recursion():
             try:
                 rendered = renderer.render()
                 break

@@ -6,6 +6,9 @@ renderers only translate.
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, replace
 
 SCALAR_TYPES = ("f32", "f64", "i64", "i1")
@@ -282,6 +285,27 @@ class Kernel:
     #: further outputs the kernel writes (a multi-output elementwise group: an optimiser's
     #: new weight and new slot), bound to the buffers right after ``out``, in order
     extra_outputs: list[str] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def deep_recursion(limit: int = 20000) -> Iterator[None]:
+    """Expression trees are walked recursively; long folded chains need a deeper stack."""
+    old = sys.getrecursionlimit()
+    if old < limit:
+        sys.setrecursionlimit(limit)
+    try:
+        yield
+    finally:
+        if old < limit:
+            sys.setrecursionlimit(old)
+
+
+def code_text(kernel: Kernel) -> str:
+    """Everything a kernel's generated code depends on, as text: its buffers and loop nest
+    (not its name, nor its tables' values, which are passed as arguments). Two kernels with
+    equal code text compile to the same function."""
+    with deep_recursion():
+        return repr((kernel.buffers, kernel.body))
 
 
 # ------------------------------------------------------------------ helpers

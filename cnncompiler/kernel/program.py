@@ -108,6 +108,15 @@ class GraphProgram:
     sources: list[WeightSource] = field(default_factory=list)  # how each weight was made
 
     @property
+    def kernels(self) -> list[K.Kernel]:
+        """The kernels to compile: one per name (calls of one code share it; see
+        :func:`lower_graph`), in the order of their first call."""
+        first: dict[str, K.Kernel] = {}
+        for c in self.calls:
+            first.setdefault(c.kernel.name, c.kernel)
+        return list(first.values())
+
+    @property
     def named_calls(self) -> list[tuple[str, Node, int, list[Binding]]]:
         """(kernel name, node, which output, bindings) of every call, in order."""
         return [(c.kernel.name, c.node, c.output, c.bindings) for c in self.calls]
@@ -129,6 +138,11 @@ def lower_graph(graph: Graph, alignment: int, target: str = "cpu",
     The memory plan never reuses an input's bytes for an output (``inplace=False``): kernels
     declare their buffers non-aliasing (LLVM ``noalias``, OpenCL ``restrict``); a state
     write in place uses one merged buffer.
+
+    Kernels with the same code (:func:`K.code_text`: same shapes, schedule and fused
+    epilogue; their weights and tables are arguments) take the first one's name, so a
+    backend compiles that function once and calls it with each one's arguments: the
+    repeated blocks of a ResNet stage make ResNet-50's 57 kernels 28 functions.
     """
     state = dict(state or {})
     in_place: dict[str, str] = {}
@@ -147,6 +161,7 @@ def lower_graph(graph: Graph, alignment: int, target: str = "cpu",
     program = GraphProgram(graph, plan)
     writes = {new: w for w, new in in_place.items()}
     weight_slot: dict[str, int] = {}
+    names: dict[str, str] = {}   # code text -> the name of the first kernel with that code
 
     def weight(name: str) -> Binding:
         if name not in weight_slot:
@@ -169,6 +184,9 @@ def lower_graph(graph: Graph, alignment: int, target: str = "cpu",
             for value in written:
                 if value in writes:
                     kernel = merge_into_output(kernel, writes[value], value)
+            first = names.setdefault(K.code_text(kernel), kernel.name)
+            if first != kernel.name:
+                kernel = replace(kernel, name=first)
             bindings = [weight(v) if values[v].is_stored else Binding(0, plan.offsets[v])
                         for v in kernel.inputs]
             bindings += [Binding(0, plan.offsets[v]) for v in written]
