@@ -105,15 +105,19 @@ def test_blocked_conv_property(h, w, f, s, p, d, kind):
                      group=group))
 
 
+@pytest.mark.parametrize("padded", [True, False])
 @pytest.mark.parametrize("width,most", [(56, 6), (7, 6), (6, 6), (1, 6), (13, 6), (112, 6),
-                                        (28, 12), (14, 6)])
-def test_tile_runs_cover_the_row(width, most):
-    runs = tile_runs(width, most)
+                                        (28, 12), (14, 6), (49, 6), (224, 6)])
+def test_tile_runs_cover_the_row(width, most, padded):
+    runs = tile_runs(width, most, padded)
     covered = [c for lo, w, n in runs for c in range(lo, lo + w * n)]
     assert covered == list(range(width))
     assert all(1 <= w <= most for _, w, _ in runs)
-    if width >= 2 * most:   # the end tiles share the remainder: none narrower than half
-        assert min(w for _, w, _ in runs) >= most // 2
+    widths = [w for _, w, n in runs for _ in range(n)]
+    if padded and width >= 2 * most:   # the end tiles share the remainder: none narrower
+        assert min(widths) >= most // 2   # than half
+    if not padded:   # the fewest tiles, of widths one column apart at most
+        assert len(widths) == -(-width // most) and max(widths) - min(widths) <= 1
 
 
 @pytest.mark.parametrize("other", [(1, 16, 5, 7), (1, 16, 1, 1), (1, 16, 5, 1)])
@@ -194,12 +198,16 @@ def test_reduction_in_chunks(monkeypatch, x_shape, k, f, attrs, residual):
     check(conv_graph(x_shape, k, f, residual=residual, relu=True, **attrs), threads=2)
 
 
-@pytest.mark.parametrize("pixels,groups,rows", [(3136, 1, 8), (3136, 9, 1), (49, 1, 1),
-                                                 (196, 2, 4), (12544, 3, 4), (97, 1, 1)])
-def test_flat_rows(pixels, groups, rows):
+@pytest.mark.parametrize("pixels,groups,pixel_bytes,rows", [
+    (3136, 1, 0, 8), (3136, 9, 0, 1), (49, 1, 0, 1), (196, 2, 0, 4), (12544, 3, 0, 4),
+    (97, 1, 0, 1),
+    (3136, 4, 1024, 14),   # 256 channels: rows of 224 columns keep 224 KiB of input in L2
+    (784, 16, 2048, 7),    # 512 channels at 28x28: 112 columns
+    (49, 32, 8192, 1)])    # 2048 channels at 7x7: no row narrower than MIN_ROW
+def test_flat_rows(pixels, groups, pixel_bytes, rows):
     from cnncompiler.kernel.conv_nchwc import MIN_ROW, flat_rows
 
-    assert flat_rows(pixels, groups) == rows
+    assert flat_rows(pixels, groups, pixel_bytes) == rows
     assert pixels % rows == 0 and (rows == 1 or pixels // rows >= MIN_ROW)
 
 
