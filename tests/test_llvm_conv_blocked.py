@@ -4,6 +4,8 @@ widths that do not divide the register tile, padding wider than the kernel, stri
 dilations, groups, depthwise, batches, fused epilogues, two threads) must give the same
 numbers as the float64 reference."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from helpers import rel_err
@@ -179,6 +181,19 @@ def test_lanewise_epilogue_falls_back_to_rows():
 ])
 def test_three_block_tiles(x_shape, k, f, attrs):
     check(conv_graph(x_shape, k, f, relu=True, **attrs))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_passes_read_at_most_chunk_planes_input_blocks(threads):
+    """A 1x1 conv over 24 input blocks with small filters: passes of 8 blocks (each one
+    stream from a plane of X), the residual Add and ReLU on the last pass only."""
+    import cnncompiler.kernel.conv_nchwc as C
+
+    g = C.BlockedConv(8, True, True, 2, 192, 1, 392, 16, 1, 392, 1, 1, 1, 1, 0, 0, 1, 1, 1)
+    assert C.reduction_chunk(g, 2, 6) == C.CHUNK_PLANES == 8
+    assert C.reduction_chunk(replace(g, c=40), 2, 6) == 5   # a divisor of the 5 blocks
+    assert C.reduction_chunk(replace(g, c=64), 2, 6) == 8
+    check(conv_graph((2, 192, 14, 28), 16, 1, residual=True, relu=True), threads=threads)
 
 
 @pytest.mark.parametrize("x_shape,k,f,attrs,residual", [

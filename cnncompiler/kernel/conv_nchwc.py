@@ -51,6 +51,8 @@ DENSE_TILE_3 = (3, 4)
 #: CHUNK_BYTES (see :func:`reduction_chunk`)
 CHUNK_ABOVE = 32 * 1024
 CHUNK_BYTES = 8 * 1024
+#: input channel blocks (streams from X's planes) a pass reads at most (see reduction_chunk)
+CHUNK_PLANES = 8
 #: a 1x1 conv flattened to rows (see :func:`pointwise_rows`) is cut into at least this many
 #: parallel units (output rows x channel groups) where its size allows...
 MIN_UNITS = 8
@@ -621,18 +623,24 @@ def reduction_chunk(g: BlockedConv, rows: int, cols: int) -> int:
     strided 1x1 convs: ResNet-50's layer4 downsample (1024->2048, 14x14 -> 7x7) ran at 37%
     of peak in chunks against 64% without (in the model; alone both were equal). Once
     :func:`pointwise_rows` has made it a stride-1 conv over its subsampled input (one
-    49-column row), it runs in chunks like the others: 78% of peak against 73% without."""
+    49-column row), it runs in chunks like the others: 78% of peak against 73% without.
+    A pass also reads at most CHUNK_PLANES input channel blocks: each is a stream of its
+    own from a plane of X, and beyond that many the hardware prefetchers lose track when X
+    comes from memory (1x1 convs at batch 8, one core, GFLOP/s with all blocks in one pass
+    against chunks of 8: 96->24 at 56x56 60 vs 88, 144->24 48 vs 78; the same at batch 1,
+    from cache, are equal)."""
     if g.depthwise or not g.blocked or g.ow <= cols:   # one tile per row: no reuse
         return g.cg // g.in_block
     if g.fh == g.fw == 1 and (g.sh, g.sw) != (1, 1):
         return g.cg // g.in_block
     cgb = g.cg // g.in_block
     per_block = g.in_block * g.fh * g.fw * g.lanes * rows * 4   # filter bytes per block
-    if cgb * per_block <= CHUNK_ABOVE:
+    if cgb * per_block <= CHUNK_ABOVE and cgb <= CHUNK_PLANES:
         return cgb
     best = 1
-    for chunk in range(1, cgb + 1):
-        if cgb % chunk == 0 and chunk * per_block <= CHUNK_BYTES:
+    for chunk in range(1, min(cgb, CHUNK_PLANES) + 1):
+        if cgb % chunk == 0 and (chunk * per_block <= CHUNK_BYTES
+                                 or cgb * per_block <= CHUNK_ABOVE):
             best = chunk
     return best
 
