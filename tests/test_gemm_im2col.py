@@ -77,11 +77,28 @@ def test_tiled_gemm_schedule_is_chosen_and_threads_agree():
     kernel = lower_node(graph.nodes[0], "gemm")
     assert "unit" in repr(kernel.body[0].var) and kernel.body[0].kind == "parallel"
     b = GraphBuilder("batched")
-    y = b.op("MatMul", b.input("a", (2, 3, 4)), b.input("b", (4, 5)))
+    y = b.op("MatMul", b.input("a", (2, 3, 4)), b.input("b", (2, 4, 5)))
     assert gemm_tiled.tiled_gemm_problem(b.build(y).nodes[0]) == \
-        "the operands are not static 2-D matrices"
+        "the operands are not 2-D matrices (or a MatMul's stack of rows times one)"
     for ta, tb in ((0, 0), (0, 1), (1, 1)):   # 42 MFLOP: enough work for two threads
         check_backend(*gemm_graph(256, 256, 320, ta, tb), "llvm", threads=2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape,n", [((1, 14, 14, 24), 40), ((2, 3, 5, 7, 20), 13)])
+def test_stacked_rows_times_a_weight_are_one_tiled_product(backend, shape, n):
+    """A MatMul of A [..., M, K] by a stored 2-D B (a Linear layer on NHWC activations,
+    as in ConvNeXt) runs as one tiled product of all of A's rows; the fused bias and ReLU
+    read the output in its own shape."""
+    b = GraphBuilder("linear")
+    x = b.input("x", shape)
+    y = b.op("MatMul", x, b.param("w", f32(shape[-1], n, seed=1)), name="mm")
+    y = b.op("Relu", b.op("Add", y, b.param("bias", f32(n, seed=2))))
+    graph = b.build(y)
+    assert gemm_tiled.tiled_gemm_problem(graph.nodes[0]) is None
+    assert gemm_tiled.matrix_rows(graph.nodes[0]) == int(np.prod(shape[:-1]))
+    for options in ({"threads": 1}, {"threads": 2}) if backend == "llvm" else ({},):
+        check_backend(graph, {"x": f32(*shape)}, backend, **options)
 
 
 # ------------------------------------------------------------------------ Im2Col

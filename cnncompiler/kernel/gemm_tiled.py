@@ -32,6 +32,8 @@ finished outputs.
 
 from __future__ import annotations
 
+import math
+
 from cnncompiler.ir.graph import Node
 from cnncompiler.kernel import ir as K
 from cnncompiler.kernel.gemm import gemm_scale
@@ -61,8 +63,10 @@ def tiled_gemm_problem(node: Node) -> str | None:
     if node.op not in ("Gemm", "MatMul"):
         return f"{node.op} is not a matrix product"
     a, b = node.inputs[0].type, node.inputs[1].type
-    if a.rank != 2 or b.rank != 2 or not (a.is_static and b.is_static):
-        return "the operands are not static 2-D matrices"
+    if not (a.is_static and b.is_static):
+        return "the operands are not static"
+    if b.rank != 2 or a.rank < 2 or (a.rank > 2 and node.op != "MatMul"):
+        return "the operands are not 2-D matrices (or a MatMul's stack of rows times one)"
     if node.outputs[0].type.dtype.value != "float32":
         return "only float32 has this schedule"
     return None
@@ -72,11 +76,29 @@ def gemm_tiled(kb, node: Node) -> list[K.Stmt]:
     """Statements computing the matrix product ``node`` (the first member of ``kb``)."""
     ta = bool(node.op == "Gemm" and node.attrs["transA"])
     tb = bool(node.op == "Gemm" and node.attrs["transB"])
-    (m_, n_), depth = node.outputs[0].type.shape, node.inputs[0].type.shape[0 if ta else 1]
+    m_, n_ = matrix_rows(node), node.outputs[0].type.shape[-1]
+    depth = node.inputs[0].type.shape[0 if ta else -1]
     a, b = kb.buffers[node.inputs[0].name], kb.buffers[node.inputs[1].name]
     if tb and not ta and depth >= DOT_DEPTH * max(m_, n_):
         return _dot_product(kb, node, a, b, m_, n_, depth)
     return _outer_product(kb, node, a, b, ta, tb, m_, n_, depth)
+
+
+def matrix_rows(node: Node) -> int:
+    """Rows of the product's output as a matrix: a MatMul of A [..., M, K] by a 2-D B is one
+    matrix product of all of A's rows (ConvNeXt's Linear layers on [1, 56, 56, 96])."""
+    return math.prod(node.outputs[0].type.shape[:-1])
+
+
+def _output_index(node: Node, row: K.Expr, col: K.Expr) -> list[K.Expr]:
+    """The output element at ``row``, ``col`` of the product as a matrix (see
+    :func:`matrix_rows`), indexed in the output's own shape."""
+    lead = node.outputs[0].type.shape[:-1]
+    idx: list[K.Expr] = []
+    for d in reversed(range(len(lead))):
+        idx.insert(0, row % lead[d] if d else row)
+        row = row // lead[d]
+    return [*idx, col]
 
 
 def _chunked(kb, depth: int, size: int | None, zero: list[K.Stmt], chunk) -> list[K.Stmt]:
@@ -120,7 +142,7 @@ def _finish(kb, node: Node, rows: tuple[K.Expr, int], cols: tuple[K.Expr, int],
     stmts.append(K.Store(kb.out, flat, value))
     if kb.members[-1] is not node:
         kb.buffers[node.outputs[0].name] = kb.out
-        pre, result = kb.element(kb.output, idx)
+        pre, result = kb.element(kb.output, _output_index(node, *idx))
         stmts += pre + [K.Store(kb.out, flat, result)]
     return [K.Loop(i, K.Const(0), K.Const(height), [
         K.Loop(j, K.Const(0), K.Const(width), stmts, "vector")])]

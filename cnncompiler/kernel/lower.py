@@ -28,7 +28,7 @@ from cnncompiler.kernel.common import (  # noqa: F401 - DTYPES is re-exported
 )
 from cnncompiler.kernel.conv_nchwc import blocked_conv_problem, conv_nchwc
 from cnncompiler.kernel.gemm import gemm_problem, gemm_rows, gemm_scale
-from cnncompiler.kernel.gemm_tiled import gemm_tiled, tiled_gemm_problem
+from cnncompiler.kernel.gemm_tiled import gemm_tiled, matrix_rows, tiled_gemm_problem
 from cnncompiler.kernel.gpu_tiled import WorkGroupLimits, gpu_tiled, gpu_tiled_problem
 from cnncompiler.kernel.im2col import im2col_grad_rows, im2col_rows
 from cnncompiler.kernel.lower_reduce import (
@@ -111,7 +111,7 @@ class KernelBuilder:
         return (a.name in self.buffers and b.name in self.buffers
                 and tiled_gemm_problem(node) is None
                 and shape_of(self.output) == shape_of(node.outputs[0])
-                and not (self.data_of(b) is not None and shape_of(node.outputs[0])[0] == 1))
+                and not (self.data_of(b) is not None and matrix_rows(node) == 1))
 
     def is_flat_elementwise(self, extra: Sequence[Value] = ()) -> bool:
         """Is every member elementwise over operands of the output's shape (or single
