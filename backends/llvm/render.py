@@ -36,9 +36,9 @@ Translation rules (the renderer only translates; schedules are decided upstream)
   that load. Lowerings that want a branch-free select should clamp the index instead
   (``Load(x, select(inside, idx, 0))``).
 * ``and``/``or`` evaluate both operands (no short circuit).
-* exp/log/tanh on f32 (scalars and vectors) are inlined IR from :mod:`.mathlib` (branch
-  free, so loops over them vectorise; within ~2 ulp of libm, same inf/NaN/zero results);
-  f64 exp/log/tanh and erf/pow call libm (``erff``... for f32, ``exp``... for f64);
+* exp/log/tanh/erf on f32 (scalars and vectors) are inlined IR from :mod:`.mathlib`
+  (branch free, so loops over them vectorise; within ~2 ulp of libm, same inf/NaN/zero
+  results); f64 exp/log/tanh/erf and pow call libm (``powf`` for f32, ``exp``... for f64);
   sqrt/abs/floor/ceil use LLVM intrinsics; neg is ``fneg``.
 
 Errors a kernel can cause (unknown variable, mismatched types, unsupported construct)
@@ -515,7 +515,7 @@ class _KernelRenderer:
             raise self.error(f"{fn_name} of {dtype} declared to return {e.dtype}")
         x = args[0]
         fm = self.fastmath
-        if K.scalar_of(dtype) == "f32" and fn_name in ("exp", "log", "tanh"):
+        if K.scalar_of(dtype) == "f32" and fn_name in ("exp", "log", "tanh", "erf"):
             from cnncompiler.backends.llvm import mathlib  # imports llvmlite
 
             return b.call(mathlib.function(self.module, fn_name, x.type), [x])
