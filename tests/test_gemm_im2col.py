@@ -101,6 +101,28 @@ def test_stacked_rows_times_a_weight_are_one_tiled_product(backend, shape, n):
         check_backend(graph, {"x": f32(*shape)}, backend, **options)
 
 
+@pytest.mark.parametrize("tb", [0, 1])
+@pytest.mark.parametrize("m,n,k", [(13, 37, 9), (130, 21, gemm_tiled.KC_OUTER + 44)])
+def test_stored_b_is_read_from_panels_packed_at_compile_time(m, n, k, tb):
+    """A stored B (transposed or not; A transposed, so the batched-FC schedule declines)
+    is packed once into zero-padded column panels that the tiled product reads in order,
+    with tails in every dimension and several depth chunks."""
+    from cnncompiler.kernel.lower import lower_node
+
+    b = GraphBuilder("stored")
+    a = b.input("A", (k, m))
+    w = b.param("B", f32(*((n, k) if tb else (k, n)), seed=3))
+    y = b.op("Gemm", a, w, b.param("C", f32(n, seed=4)), transA=1, transB=tb, alpha=1.5,
+             beta=0.5)
+    graph = b.build(b.op("Relu", y))
+    kernel = lower_node(graph.nodes[0], "gemm", graph.data)
+    (table,) = kernel.tables.values()
+    assert table.shape == (-(-n // gemm_tiled.NR), k, gemm_tiled.NR)
+    feeds = {"A": f32(k, m)}
+    check_backend(graph, feeds, "llvm")
+    check_backend(graph, feeds, "llvm", threads=2)
+
+
 # ------------------------------------------------------------------------ Im2Col
 GEOMETRIES = [
     ((2, 3, 7, 6), dict(kernel_shape=(3, 3), pads=(1, 1, 1, 1))),
