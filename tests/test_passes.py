@@ -14,6 +14,7 @@ from cnncompiler.passes.cleanup import (
     eliminate_dead_code,
     eliminate_identities,
     fold_constants,
+    square_powers,
 )
 from cnncompiler.passes.fusion import fuse, fusion_groups, inline_fused
 
@@ -99,6 +100,22 @@ def test_cse_merges_identical_nodes_only():
     assert changes == ["merged a2 into a1 (Relu)"]
     assert {n.name for n in g.nodes} == {"a1", "l1", "l2", "s1", "s2", "s"}
     same_outputs(g0, g, {"x": rand(2, 3)})
+
+
+def test_squares_by_pow_become_products():
+    b = GraphBuilder()
+    x = b.input("x", (2, 3, 4))
+    sq = b.op("Pow", x, b.const(np.float32(2.0)), name="sq")              # -> Mul(x, x)
+    cube = b.op("Pow", x, b.const(np.float32(3.0)), name="cube")          # kept
+    grown = b.op("Pow", x, b.const(np.full((5, 1, 1, 1), 2.0, np.float32)), name="grown")
+    g0 = b.build([b.op("Add", sq, cube, name="s"), grown])
+    g, changes = square_powers(g0)
+    assert changes == ["sq: Pow(x, 2) -> Mul(x, x)"]
+    mul = next(n for n in g.nodes if n.name == "sq")
+    assert mul.op == "Mul" and mul.inputs[0].name == mul.inputs[1].name == "x"
+    assert [n.op for n in g.nodes if n.name in ("cube", "grown")] == ["Pow", "Pow"]
+    same_outputs(g0, g, {"x": rand(2, 3, 4)})
+    assert "square_powers" in [p.name for p in PassManager(1).pipeline]
 
 
 def conv_bn_relu_add():
