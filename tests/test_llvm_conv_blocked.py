@@ -193,6 +193,8 @@ def test_passes_read_at_most_chunk_planes_input_blocks(threads):
     assert C.reduction_chunk(g, 2, 6) == C.CHUNK_PLANES == 8
     assert C.reduction_chunk(replace(g, c=40), 2, 6) == 5   # a divisor of the 5 blocks
     assert C.reduction_chunk(replace(g, c=64), 2, 6) == 8
+    small = replace(g, n=1, c=512, w=49, ow=49)   # X (100 KiB) stays in L2: one pass
+    assert C.reduction_chunk(small, 2, 6) == 64
     check(conv_graph((2, 192, 14, 28), 16, 1, residual=True, relu=True), threads=threads)
 
 
