@@ -235,11 +235,16 @@ def test_model_local_function_with_nested_functions():
 
 
 # ------------------------------------------------------------------------------ errors
-def test_a_function_body_with_ops_we_lack_is_named_up_front():
+def dynamic_quantize_model():
+    """A DynamicQuantizeLinear node 'dq': a function op whose body uses ops we lack."""
     node = helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "scale", "zp"], name="dq")
-    m = make_model([node], [vi("x", [2, 3])],
-                   [vi("q", [2, 3], TensorProto.UINT8), vi("scale", []),
-                    vi("zp", [], TensorProto.UINT8)])
+    return make_model([node], [vi("x", [2, 3])],
+                      [vi("q", [2, 3], TensorProto.UINT8), vi("scale", []),
+                       vi("zp", [], TensorProto.UINT8)])
+
+
+def test_a_function_body_with_ops_we_lack_is_named_up_front():
+    m = dynamic_quantize_model()
     with pytest.raises(UnsupportedError) as e:
         load(m)
     msg = str(e.value)
@@ -255,10 +260,7 @@ def test_a_body_with_ops_we_lack_is_named_at_conversion_too(monkeypatch):
     from cnncompiler.frontends.onnx.importer import OnnxImporter
 
     monkeypatch.setattr(OnnxImporter, "check_supported", lambda self: None)
-    node = helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "scale", "zp"], name="dq")
-    m = make_model([node], [vi("x", [2, 3])],
-                   [vi("q", [2, 3], TensorProto.UINT8), vi("scale", []),
-                    vi("zp", [], TensorProto.UINT8)])
+    m = dynamic_quantize_model()
     with pytest.raises(UnsupportedError) as e:
         load(m)
     msg = str(e.value)

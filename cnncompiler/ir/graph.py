@@ -8,7 +8,7 @@ in place. networkx is a *view* of the IR (``to_networkx``) for graph algorithms 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
@@ -22,6 +22,17 @@ if TYPE_CHECKING:
     import networkx as nx
 
     from cnncompiler.ops.opdef import OpDef
+
+
+
+def free_name(base: str, taken: Callable[[str], bool]) -> str:
+    """``base`` if ``taken(base)`` is false, else the first of ``base_1``, ``base_2``... it is
+    false for (the one naming rule of new values, nodes and initializers)."""
+    name, k = base, 0
+    while taken(name):
+        k += 1
+        name = f"{base}_{k}"
+    return name
 
 
 class ValueKind(Enum):

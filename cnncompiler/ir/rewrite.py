@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from cnncompiler.ir.builder import GraphBuilder
-from cnncompiler.ir.graph import Graph, Node, Value, ValueKind
+from cnncompiler.ir.graph import Graph, Node, Value, ValueKind, free_name
 
 
 class Rewriter:
@@ -63,11 +63,8 @@ class Rewriter:
     def const(self, array: np.ndarray, name: str, trainable: bool = False) -> Value:
         """A new stored tensor (e.g. folded weights), named ``name`` or a free variant of it
         (free in the new graph and among the old graph's stored tensors still to be copied)."""
-        base, k = name, 0
-        while self.builder.is_taken(name) or (name in self._old_stored
-                                              and name not in self._map):
-            k += 1
-            name = f"{base}_{k}"
+        name = free_name(name, lambda n: self.builder.is_taken(n) or (
+            n in self._old_stored and n not in self._map))
         return self.builder.param(name, array, trainable=trainable)
 
     def alias(self, old: Value, new: Value) -> None:

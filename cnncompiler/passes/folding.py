@@ -24,7 +24,7 @@ from collections.abc import Callable
 import numpy as np
 
 from cnncompiler.errors import CnnCompilerError
-from cnncompiler.ir.graph import Graph, Node, Value, ValueKind
+from cnncompiler.ir.graph import Graph, Node, Value, ValueKind, free_name
 from cnncompiler.ir.rewrite import Rewriter
 from cnncompiler.ops.registry import infer_node
 from cnncompiler.passes.manager import register_pass
@@ -68,10 +68,7 @@ class _Emitter:
     def const(self, array: np.ndarray, base: str, trainable: bool) -> Value:
         # a name the old graph does not use either (a later rw.value() may carry that one over)
         base = base.removesuffix("_folded") + "_folded"
-        name, i = base, 0
-        while name in self.graph.values or name in self._used:
-            i += 1
-            name = f"{base}_{i}"
+        name = free_name(base, lambda n: n in self.graph.values or n in self._used)
         self._used.add(name)
         return self.rw.const(array, name, trainable=trainable)
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cnncompiler.errors import GraphError
-from cnncompiler.ir.graph import Graph, Node, Value, ValueKind
+from cnncompiler.ir.graph import Graph, Node, Value, ValueKind, free_name
 from cnncompiler.ir.layout import NCHW, Layout, parse_layout
 from cnncompiler.ir.rewrite import Rewriter
 from cnncompiler.ir.types import TensorType
@@ -87,10 +87,7 @@ class _State:
 
     # ---------------------------------------------------------------- names
     def fresh(self, base: str) -> str:
-        name, i = base, 0
-        while name in self.taken:
-            i += 1
-            name = f"{base}_{i}"
+        name = free_name(base, self.taken.__contains__)
         self.taken.add(name)
         return name
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cnncompiler.errors import ModelError, UnsupportedError
-from cnncompiler.ir.graph import Graph, Node, Value
+from cnncompiler.ir.graph import Graph, Node, Value, free_name
 from cnncompiler.ir.types import DType, TensorType
 
 if TYPE_CHECKING:
@@ -408,10 +408,7 @@ class _Exporter:
         self.taken |= set(graph.data)
 
     def add_const(self, array: np.ndarray, base: str) -> str:
-        name, i = base, 0
-        while name in self.taken:
-            i += 1
-            name = f"{base}_{i}"
+        name = free_name(base, self.taken.__contains__)
         self.taken.add(name)
         self.initializers.append(_onnx().numpy_helper.from_array(np.array(array, order="C"),
                                                                  name))

@@ -33,7 +33,7 @@ from cnncompiler.frontends.onnx.functions import (
 )
 from cnncompiler.frontends.onnx.reader import read_model
 from cnncompiler.ir.builder import GraphBuilder
-from cnncompiler.ir.graph import Graph, Value
+from cnncompiler.ir.graph import Graph, Value, free_name
 from cnncompiler.ir.types import DType, TensorType
 from cnncompiler.ops.registry import all_ops, get_op
 
@@ -329,10 +329,7 @@ class OnnxImporter:
 
     def fresh(self, hint: str) -> str:
         """A value name that no ONNX name of the model (or of an earlier expansion) uses."""
-        name, k = hint, 0
-        while name in self._taken_names:
-            k += 1
-            name = f"{hint}_{k}"
+        name = free_name(hint, self._taken_names.__contains__)
         self._taken_names.add(name)
         return name
 
