@@ -74,8 +74,7 @@ def model_objects(engine, kernels: Sequence[K.Kernel], calls, num_args: int, thr
                   name: str, cache) -> tuple[list[bytes], list[str]]:
     """Objects defining every kernel and ``run_model`` (see the module docstring), and their
     compile-cache keys."""
-    with K.deep_recursion():
-        texts = [kernel_text(k) for k in kernels]
+    texts = [kernel_text(k) for k in kernels]
     workers = _workers() if sum(map(len, texts)) >= PARALLEL_MIN_CHARS else 0
     groups = split(texts, (1 + workers) * PARTS_PER_LANE if workers else 1)
     keys = [engine.object_key("\n".join([name, str(threaded)] + [texts[i] for i in g]))

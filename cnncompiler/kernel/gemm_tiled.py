@@ -115,12 +115,7 @@ def matrix_rows(node: Node) -> int:
 def _output_index(node: Node, row: K.Expr, col: K.Expr) -> list[K.Expr]:
     """The output element at ``row``, ``col`` of the product as a matrix (see
     :func:`matrix_rows`), indexed in the output's own shape."""
-    lead = node.outputs[0].type.shape[:-1]
-    idx: list[K.Expr] = []
-    for d in reversed(range(len(lead))):
-        idx.insert(0, row % lead[d] if d else row)
-        row = row // lead[d]
-    return [*idx, col]
+    return [*K.unflat_index(row, node.outputs[0].type.shape[:-1]), col]
 
 
 def _chunked(kb, depth: int, size: int | None, zero: list[K.Stmt], chunk) -> list[K.Stmt]:

@@ -7,6 +7,7 @@ renderers only translate.
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, replace
@@ -400,6 +401,16 @@ def flat_index(indices: list[Expr], shape: tuple[int, ...]) -> Expr:
     for i, (idx, dim) in enumerate(zip(indices, shape)):
         offset = idx if i == 0 else offset * dim + idx
     return offset
+
+
+def unflat_index(flat: Expr, shape: tuple[int, ...]) -> list[Expr]:
+    """The indices in an array of ``shape`` of row-major offset ``flat`` (flat_index's
+    inverse)."""
+    out: list[Expr] = []
+    for d in range(len(shape)):
+        stride = math.prod(shape[d + 1:])
+        out.append((flat // stride) % shape[d] if d else flat // stride)
+    return out
 
 
 class Names:

@@ -516,12 +516,7 @@ def lower_view(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
     flat = K.flat_index(idx, shape_of(node.outputs[0]))
     if x.name in kb.buffers:
         return [], K.Load(kb.buffers[x.name], flat)
-    shape = shape_of(x)
-    in_idx = []
-    for d in range(len(shape)):
-        stride = math.prod(shape[d + 1:])
-        in_idx.append((flat // stride) % shape[d] if d else flat // stride)
-    return kb.element(x, in_idx)
+    return kb.element(x, K.unflat_index(flat, shape_of(x)))
 
 
 def lower_transpose(kb: KernelBuilder, node: Node, idx: list[K.Expr]) -> Element:
